@@ -1,0 +1,141 @@
+"""The task interface: deterministic, split-disjoint generation of token problems.
+
+A task turns a random generator into a *problem* (the raw, human-checkable facts: states and steps, edges
+and queries, a program) and encodes it as ``input_ids`` and ``labels`` of equal length, where
+``labels[t]`` is the target for the model's output at position ``t`` and ``-100`` means no loss (the Hugging
+Face convention after its internal shift: for next-token prediction ``labels[t] = input_ids[t + 1]``).
+
+Determinism and disjoint splits (SPEC section 3): sample ``index`` of ``split`` is drawn from a generator seeded
+by ``(task name, seed, split, index, attempt)``; a candidate is kept only if the hash of its canonical key
+falls in the split's bucket, so no problem can be in two splits, whatever the seeds, ranks or workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from abc import ABC, abstractmethod
+from typing import Any
+
+from lmsleep.data.vocab import Vocab
+
+IGNORE_INDEX = -100
+
+# Share of the key-hash space that belongs to each split (out of 1000).
+SPLIT_BUCKETS: dict[str, tuple[int, int]] = {"train": (0, 900), "val": (900, 950), "test": (950, 1000)}
+MAX_ATTEMPTS = 20_000
+
+
+def _stable_int(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class Task(ABC):
+    """Base class of the synthetic tasks.
+
+    Subclasses define ``name``, build ``self.vocab`` in ``__init__``, and implement :meth:`generate`,
+    :meth:`key`, :meth:`encode` and :meth:`depth`. ``window`` is the sleep/eviction window L the task was
+    designed for; ``max_length`` bounds every encoded sample.
+    """
+
+    name: str = "task"
+    depth_name: str = "depth"
+
+    def __init__(self, seed: int = 0, window: int = 16):
+        if window < 1:
+            raise ValueError(f"window L must be >= 1 token, got {window}")
+        self.seed = int(seed)
+        self.window = int(window)
+        self.vocab: Vocab
+
+    # --- what a subclass provides -------------------------------------------------------------------
+    @abstractmethod
+    def generate(self, rng: random.Random) -> dict[str, Any]:
+        """Draw one raw problem (JSON-serialisable) from ``rng``."""
+
+    @abstractmethod
+    def key(self, problem: dict[str, Any]) -> str:
+        """A canonical string that identifies the problem (equal problems, equal keys)."""
+
+    @abstractmethod
+    def encode(self, problem: dict[str, Any]) -> tuple[list[int], list[int]]:
+        """Token ids and aligned labels (``-100`` = no loss) of a problem."""
+
+    @abstractmethod
+    def depth(self, problem: dict[str, Any]) -> int:
+        """The problem's depth on the task's difficulty axis (steps t, hops k, operations)."""
+
+    @property
+    @abstractmethod
+    def max_length(self) -> int:
+        """Upper bound on ``len(input_ids)`` of every sample."""
+
+    @property
+    def depths(self) -> list[int]:
+        """Every depth a sample can have, for depth-stratified metrics."""
+        return []
+
+    # --- shared machinery ----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def sample(self, split: str, index: int) -> dict[str, Any]:
+        """Problem ``index`` of ``split``: the raw fields plus ``input_ids``, ``labels`` and ``depth``."""
+        if split not in SPLIT_BUCKETS:
+            raise ValueError(f"unknown split {split!r}; valid splits are {sorted(SPLIT_BUCKETS)}")
+        if index < 0:
+            raise ValueError(f"sample index must be >= 0, got {index}")
+        lo, hi = SPLIT_BUCKETS[split]
+        for attempt in range(MAX_ATTEMPTS):
+            rng = random.Random(_stable_int(f"{self.name}|{self.seed}|{split}|{index}|{attempt}"))
+            problem = self.generate(rng)
+            if lo <= _stable_int(f"{self.name}|{self.key(problem)}") % 1000 < hi:
+                break
+        else:
+            raise ValueError(
+                f"{self.name}: found no problem for split {split!r} in {MAX_ATTEMPTS} draws; the task's "
+                "problem space is too small to give disjoint train/val/test splits. Make it larger "
+                "(e.g. a wider state, more states, a larger step or hop range)."
+            )
+        input_ids, labels = self.encode(problem)
+        if len(input_ids) != len(labels):
+            raise AssertionError(f"{self.name}: encode returned {len(input_ids)} ids but {len(labels)} labels")
+        if len(input_ids) > self.max_length:
+            raise AssertionError(f"{self.name}: sample of {len(input_ids)} tokens exceeds max_length {self.max_length}")
+        return {**problem, "input_ids": input_ids, "labels": labels, "depth": self.depth(problem)}
+
+    def split_of(self, problem: dict[str, Any]) -> str:
+        """The split a problem belongs to (its key's bucket)."""
+        bucket = _stable_int(f"{self.name}|{self.key(problem)}") % 1000
+        return next(s for s, (lo, hi) in SPLIT_BUCKETS.items() if lo <= bucket < hi)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.vocab.decode(ids)
+
+    def export(self, split: str, index: int) -> dict[str, Any]:
+        """One JSON-lines record: the sample with its decoded ``text``."""
+        record = self.sample(split, index)
+        record["text"] = self.decode(record["input_ids"])
+        record["split"] = split
+        record["index"] = index
+        return record
+
+    def describe(self) -> dict[str, Any]:
+        """Hyperparameters of the task, for logging."""
+        return {"task": self.name, "seed": self.seed, "window": self.window, "vocab_size": self.vocab_size}
+
+
+def parse_range(value: int | list[int] | tuple[int, int] | str, what: str) -> tuple[int, int]:
+    """Accept ``4``, ``[4, 16]`` or ``"4-16"`` and return an inclusive ``(lo, hi)`` range."""
+    if isinstance(value, str):
+        parts = value.split("-")
+        value = [int(parts[0])] if len(parts) == 1 else [int(p) for p in parts]
+    if isinstance(value, int):
+        return int(value), int(value)
+    value = list(value)
+    if len(value) == 1:
+        return int(value[0]), int(value[0])
+    if len(value) != 2 or value[0] > value[1]:
+        raise ValueError(f"{what} must be an int or an inclusive range [lo, hi] with lo <= hi, got {value}")
+    return int(value[0]), int(value[1])
