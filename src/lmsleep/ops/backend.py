@@ -46,7 +46,9 @@ KERNELS: dict[str, KernelSpec] = {
     "gated_delta_rule": KernelSpec(
         "fla", "fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "flash-linear-attention"
     ),
-    "ssd": KernelSpec("mamba_ssm", "mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined", "mamba-ssm"),
+    "ssd": KernelSpec(
+        "mamba_ssm", "mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined", "mamba-ssm"
+    ),
 }
 
 # (module, attr) -> function or the import error, so a failed import is not retried on every call.

@@ -118,7 +118,7 @@ def gated_delta_rule_recurrent(
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    cdt = compute_dtype(q, k, v, g, beta)
+    cdt, out_dtype = compute_dtype(q, k, v, g, beta), v.dtype
     scale = K**-0.5 if scale is None else scale
     q, k, v = (t.to(cdt).transpose(1, 2) for t in (q, k, v))  # [B, H, T, *]
     decay = g.to(cdt).transpose(1, 2).exp()  # [B, H, T]
@@ -132,7 +132,7 @@ def gated_delta_rule_recurrent(
         err = (v[:, :, t].unsqueeze(-2) - k_t @ S) * beta_[:, :, t, None, None]  # [B, H, 1, V]
         S = S + k_t.transpose(-1, -2) @ err
         outs.append(q[:, :, t].unsqueeze(-2) @ S)
-    o = (torch.cat(outs, dim=-2) * scale).transpose(1, 2).to(v.dtype)
+    o = (torch.cat(outs, dim=-2) * scale).transpose(1, 2).to(out_dtype)
     return o, (S if output_final_state else None)
 
 
@@ -169,7 +169,7 @@ def gated_delta_rule_chunked(
     C = chunk_size
     n = -(-T // C)
     pad = n * C - T
-    cdt = compute_dtype(q, k, v, g, beta)
+    cdt, out_dtype = compute_dtype(q, k, v, g, beta), v.dtype
     scale = K**-0.5 if scale is None else scale
 
     def blocks(t: torch.Tensor) -> torch.Tensor:  # [B, T, H, *] -> [B, H, n, C, *]
@@ -205,10 +205,12 @@ def gated_delta_rule_chunked(
     starts = []
     for i in range(n):
         starts.append(S)
-        S = torch.baddbmm(b[:, :, i].reshape(B * H, K, V), M[:, :, i].reshape(B * H, K, K), S.reshape(B * H, K, V))
+        S = torch.baddbmm(
+            b[:, :, i].reshape(B * H, K, V), M[:, :, i].reshape(B * H, K, K), S.reshape(B * H, K, V)
+        )
         S = S.reshape(B, H, K, V)
     o = o_intra + q_eff @ torch.stack(starts, dim=2)  # [B, H, n, C, V]
-    o = o.reshape(B, H, n * C, V)[:, :, :T].transpose(1, 2).to(v.dtype)
+    o = o.reshape(B, H, n * C, V)[:, :, :T].transpose(1, 2).to(out_dtype)
     return o, (S if output_final_state else None)
 
 

@@ -86,7 +86,9 @@ def _validate(x, dt, A, B, C, initial_state) -> None:
     check_shape(_OP, "B", B, (b, T, G, N), "[B, T, G, N] (B, T as x)")
     check_shape(_OP, "C", C, (b, T, G, N), "[B, T, G, N] (same as B)")
     if G < 1 or H % G != 0:
-        raise ValueError(f"{_OP}: the number of heads H = {H} must be divisible by the number of groups G = {G}")
+        raise ValueError(
+            f"{_OP}: the number of heads H = {H} must be divisible by the number of groups G = {G}"
+        )
     if initial_state is not None:
         check_ndim(_OP, "initial_state", initial_state, "[B, H, P, N]")
         check_shape(_OP, "initial_state", initial_state, (b, H, P, N), "[B, H, P, N]")
