@@ -30,6 +30,7 @@ Paper size: ``ops=[1, 8]``, ``context_tokens=[2000, 3300]``, ``window=2000`` (51
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,11 @@ ANSWER_PROMPT = ["answer", ":"]
 MIN_STATEMENT_TOKENS = QUANTITY_TOKENS + 3  # <quantity> equals <int> .
 ONE_REF_TOKENS = 2 * QUANTITY_TOKENS + 4  # <quantity> equals <quantity> <op> <int> .
 TWO_REF_TOKENS = 3 * QUANTITY_TOKENS + 3  # <quantity> equals <quantity> <op> <quantity> .
+DISTRACTOR_KINDS = [
+    ("constant", MIN_STATEMENT_TOKENS),
+    ("one_ref", ONE_REF_TOKENS),
+    ("two_ref", TWO_REF_TOKENS),
+]
 
 Arg = str | int  # a quantity name or an integer literal
 Program = list[dict[str, Any]]
@@ -206,28 +212,42 @@ class GSMInfTask(Task):
         return range(low, self.num_values)
 
     def _choose_operation(
-        self, rng: random.Random, args: list[Arg | None], values: dict[str, int]
+        self, rng: random.Random, args: list[Arg | None], values: Values
     ) -> tuple[str, list[Arg]]:
-        """Pick an operator and fill the literal slots (``None``) so the result is a valid value.
+        """Pick an operator and fill the literal slot (``None``) so the result is a valid value.
 
-        With ``modular`` every choice is valid. Otherwise try operators (and both argument orders) in random
-        order; ``sub`` with the larger argument first always works, so a choice exists.
+        With ``modular`` every choice is valid. Otherwise pick uniformly among the operators that fit in
+        some argument order; ``sub`` with the larger argument first always fits, so one exists.
         """
         if self.modulus:
             op = rng.choice(self.operators)
             return op, [rng.choice(self._literals(op)) if a is None else a for a in args]
-        for op in rng.sample(self.operators, len(self.operators)):
-            for ordered in rng.sample([args, args[::-1]], 2):
-                choices = self._literals(op) if None in ordered else [None]
-                fits = []
-                for lit in choices:
-                    filled = [lit if a is None else a for a in ordered]
-                    a, b = (x if isinstance(x, int) else values[x] for x in filled)
-                    if self._in_range(apply_op(op, a, b, None)):
-                        fits.append(filled)
-                if fits:
-                    return op, rng.choice(fits)
-        raise AssertionError("unreachable: sub of the larger minus the smaller is always in range")
+        for op in rng.sample(self.operators, len(self.operators)):  # the first that fits: uniform over those
+            options = [(o, f) for o in (args, args[::-1]) if (f := self._fitting_literals(op, o, values))]
+            if options:
+                ordered, fitting = rng.choice(options)
+                literal = rng.choice(fitting)
+                return op, [literal if a is None else a for a in ordered]
+        raise AssertionError("unreachable: sub of the larger minus the smaller always fits")
+
+    def _fitting_literals(self, op: str, ordered: list[Arg | None], values: Values) -> Sequence[int | None]:
+        """Literals that keep ``op`` over ``ordered`` in range without a modulus; ``[None]`` if there is no
+        literal slot and the result fits. Computed in closed form: generation must stay fast at paper size."""
+        top = self.num_values - 1
+        if None not in ordered:
+            a, b = (values[x] for x in ordered)
+            return [None] if 0 <= apply_op(op, a, b, None) <= top else []
+        ref = values[next(x for x in ordered if x is not None)]
+        low = self._literals(op).start
+        if op == "add":
+            high = top - ref
+        elif op == "mul":
+            high = top // ref if ref else top
+        elif ordered[0] is None:  # literal minus quantity
+            low, high = max(low, ref), top
+        else:  # quantity minus literal
+            high = ref
+        return range(low, high + 1)
 
     def _define(
         self, rng: random.Random, program: Program, values: Values, name: str, args: list[Arg | None]
@@ -258,8 +278,9 @@ class GSMInfTask(Task):
                 kind = rng.choices(["constant", "literal", "reuse"], weights=[5, 3, 1 if closure else 0])[0]
                 if kind == "literal" and None not in args:
                     args.append(None)
-                elif kind == "reuse" and closure:
-                    args.append(rng.choice(closure))
+                elif kind == "reuse" and (reusable := [q for q in closure if q not in args]):
+                    # Never the same quantity twice in one operation: "x minus x" says nothing.
+                    args.append(rng.choice(reusable))
                 else:
                     leaf = names.pop()
                     self._constant(rng, program, values, leaf)
@@ -275,30 +296,27 @@ class GSMInfTask(Task):
         self, rng: random.Random, room: int, names: list[str], program: Program, values: Values
     ) -> None:
         """Fresh statements until less than the shortest one fits in ``room`` tokens (or names run out)."""
+        defined = list(values)
         while names and room >= MIN_STATEMENT_TOKENS:
-            kinds = [
-                ("constant", MIN_STATEMENT_TOKENS),
-                ("one_ref", ONE_REF_TOKENS),
-                ("two_ref", TWO_REF_TOKENS),
-            ]
-            kind, size = rng.choice([(k, s) for k, s in kinds if s <= room])
+            kind, size = rng.choice([(k, s) for k, s in DISTRACTOR_KINDS if s <= room])
             name = names.pop()
             if kind == "constant":
                 self._constant(rng, program, values, name)
             else:
-                defined = list(values)
-                args: list[Arg | None] = [
-                    rng.choice(defined),
-                    None if kind == "one_ref" else rng.choice(defined),
-                ]
+                # The answer's program already defines >= 2 quantities, so two distinct ones exist.
+                refs = rng.sample(defined, 1 if kind == "one_ref" else 2)
+                args: list[Arg | None] = [refs[0], None if kind == "one_ref" else refs[1]]
                 self._define(rng, program, values, name, args)
+            defined.append(name)
             room -= size
 
     def generate(self, rng: random.Random) -> dict[str, Any]:
         ops = rng.randint(*self.ops)
         length = rng.randint(*self.context_tokens)
         pool = self.pools[rng.choice(self.domains)]
-        names = rng.sample(pool, len(pool))  # fresh names are popped from the end
+        # Every statement takes >= MIN_STATEMENT_TOKENS of the context, so this many fresh names suffice
+        # (__init__ checked the pool is large enough); they are popped from the end.
+        names = rng.sample(pool, min(len(pool), length // MIN_STATEMENT_TOKENS))
         program: list[dict[str, Any]] = []
         values: dict[str, int] = {}
         target = self._answer_program(rng, ops, names, program, values)
