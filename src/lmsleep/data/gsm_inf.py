@@ -12,8 +12,8 @@ The question asks for one *target* quantity. Its *dependency closure* is the tar
 the statements of every quantity it names. ``ops`` is the number of non-``const`` statements in that closure
 (each is one arithmetic operation, however many times its value is reused); the generator builds exactly
 ``ops`` of them, every one reachable from the target, with at most ``ops + 1`` constants. Distractor
-statements (same templates and domain, each defining a fresh quantity, possibly in terms of earlier ones, so
-they are never in the target's closure) fill the context up to a length drawn from ``context_tokens``, and all
+statements (same templates and domain, each defining a fresh quantity, possibly in terms of any quantity defined
+before it, the answer's included; nothing the answer needs depends on them) fill the context up to a length drawn from ``context_tokens``, and all
 statements are shuffled. Values are ``0 .. num_values - 1`` (one token each): with ``modular`` the arithmetic
 is modulo ``num_values`` (GSM-Infinite's "modulo 23" option); otherwise each operation and literal is chosen
 so every intermediate stays in range. Literals are >= 1 (>= 2 for ``times``), so no step is vacuous.
@@ -23,8 +23,8 @@ Layout of one sample (no chain of thought; the label is at the final ``:``, ever
     what is the number of <target> ?  <statement> <statement> ... <statement>  answer :
     \\_____ question (11 tokens) ___/  \\_____ context, shuffled, <= context_tokens ____/  ^ label = answer
 
-The context is within ``MIN_STATEMENT_TOKENS - 1`` tokens of the drawn length (sentences are not cut).
-Paper size: ``ops=[1, 8]``, ``context_tokens=[2000, 3300]``, ``window=2000`` (512 with sliding eviction).
+The context is at most 10 tokens (``MIN_STATEMENT_TOKENS - 1``) short of the drawn length: sentences are not
+cut. GSM-Infinite's reverse ("unknown in the middle") problems are not generated. Paper size: ``ops=[1, 8]``, ``context_tokens=[2000, 3300]``, ``window=2000`` (512 with sliding eviction).
 """
 
 from __future__ import annotations
