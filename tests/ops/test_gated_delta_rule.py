@@ -202,3 +202,12 @@ def test_fla_kernel_matches_chunked(dtype, tol, T, make_gdr, grads_of):
     for name in g:
         torch.testing.assert_close(g[name].float(), g_ref[name].float(), atol=5 * tol, rtol=5 * tol)
     assert run(inputs, "auto")[0].dtype == dtype
+
+
+@pytest.mark.parametrize("c", [1, 2, 5, 16, 17, 64, 100])
+def test_unit_lower_inverse_matches_triangular_solve(c):
+    from lmsleep.ops._common import unit_lower_inverse
+
+    A = torch.randn(3, 2, c, c, dtype=torch.float64) * 0.3
+    ref = torch.linalg.solve_triangular(A, torch.eye(c, dtype=A.dtype), upper=False, unitriangular=True)
+    torch.testing.assert_close(unit_lower_inverse(A), ref, atol=1e-12, rtol=0)
