@@ -159,9 +159,9 @@ def gated_delta_rule_chunked(
         outputs      O  = scale (Q exp(gam)) S + (scale Q K^T * D) V'
         next state   S' = exp(gam_C) S + (K exp(gam_C - gam))^T V'.
 
-    Everything not involving ``S`` is computed for all chunks at once; what remains is the linear
-    recurrence ``S' = M S + b`` (``M = exp(gam_C) I - (K exp(gam_C - gam))^T W``), one ``K x K @ K x V``
-    matmul per chunk in a Python loop. Outputs are then one batched matmul against the stacked chunk-start
+    ``Tm``, ``U``, ``W`` and the intra-chunk scores are computed for all chunks at once; only the state
+    recurrence (``V' = U - W S``, ``S' = ...``, two ``[K x V]``-sized matmuls per chunk) runs in a Python
+    loop over chunks, and the outputs are one batched matmul pair against the stacked chunk-start
     states. Padding tokens have ``k = v = beta = g = 0``, i.e. an identity transition, so the final state
     is unaffected.
     """
@@ -191,27 +191,28 @@ def gated_delta_rule_chunked(
         (torch.cat([k_beta, qs], dim=-2) @ k.transpose(-1, -2)).unflatten(-2, (2, C)) * D.unsqueeze(-3)
     ).unbind(-3)
     Tm = unit_lower_inverse(A)  # the UT transform, [B, H, n, C, C]
-    UW = Tm @ torch.cat([v * beta.unsqueeze(-1), k_beta * gam.exp().unsqueeze(-1)], dim=-1)  # [.., C, V+K]
-    U, W = UW.split((V, K), dim=-1)
-
-    PU, PW = (P @ UW).split((V, K), dim=-1)
-    q_eff = qs * gam.exp().unsqueeze(-1) - PW  # [B, H, n, C, K]
-
+    U, W = (Tm @ torch.cat([v * beta.unsqueeze(-1), k_beta * gam.exp().unsqueeze(-1)], dim=-1)).split(
+        (V, K), dim=-1
+    )
     k_tail = (k * (gam_last - gam).exp().unsqueeze(-1)).transpose(-1, -2)  # [B, H, n, K, C]
-    b, KW = (k_tail @ UW).split((V, K), dim=-1)
-    M = gam_last.exp().unsqueeze(-1) * torch.eye(K, dtype=cdt, device=q.device) - KW  # [B, H, n, K, K]
 
-    # Chunk-major, contiguous per-chunk slices; unbind (not indexing in the loop) keeps the backward
-    # from materialising a zero-filled full-size gradient per chunk.
-    Ms = M.permute(2, 0, 1, 3, 4).reshape(n, B * H, K, K).unbind(0)
-    bs = b.permute(2, 0, 1, 3, 4).reshape(n, B * H, K, V).unbind(0)
+    def per_chunk(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Chunk-major contiguous slices; unbind (not indexing in the loop) keeps the backward from
+        # materialising a zero-filled full-size gradient per chunk.
+        return t.permute(2, 0, 1, 3, 4).reshape(n, B * H, *t.shape[-2:]).unbind(0)
+
+    Us, Ws, Ks = per_chunk(U), per_chunk(W), per_chunk(k_tail)
+    decays = gam_last.exp().permute(2, 0, 1, 3).reshape(n, B * H, 1, 1).unbind(0)
     S = q.new_zeros(B * H, K, V) if initial_state is None else initial_state.to(cdt).reshape(B * H, K, V)
-    starts = []
+    starts, news = [], []
     for i in range(n):
         starts.append(S)
-        S = torch.baddbmm(bs[i], Ms[i], S)
+        v_new = torch.baddbmm(Us[i], Ws[i], S, alpha=-1)  # V' = U - W S
+        news.append(v_new)
+        S = torch.baddbmm(decays[i] * S, Ks[i], v_new)
     S_in = torch.stack(starts, dim=1).view(B, H, n, K, V)
-    o = PU + q_eff @ S_in  # [B, H, n, C, V]
+    V_new = torch.stack(news, dim=1).view(B, H, n, C, V)
+    o = (qs * gam.exp().unsqueeze(-1)) @ S_in + P @ V_new  # [B, H, n, C, V]
     S = S.view(B, H, K, V)
     o = o.reshape(B, H, n * C, V)[:, :, :T].transpose(1, 2).to(out_dtype)
     return o, (S if output_final_state else None)
