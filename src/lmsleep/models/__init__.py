@@ -1,0 +1,7 @@
+"""Models: HybridLM, per-sequence state, and Algorithm 1 (wake and sleep over windows)."""
+
+from lmsleep.models.hybrid import HybridLM
+from lmsleep.models.sleep import SleepConfig, SleepHooks, run_windows
+from lmsleep.models.state import ModelState
+
+__all__ = ["HybridLM", "ModelState", "SleepConfig", "SleepHooks", "run_windows"]

@@ -1,0 +1,3 @@
+from lmsleep.cli import main
+
+main()

@@ -1,0 +1,105 @@
+"""The ``lmsleep`` command: ``fit``, ``test`` and ``export-data``, thin Hydra wrappers around plain functions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from lmsleep.utils.config import ConfigError, check_checkpoint, config_dir
+
+log = logging.getLogger("lmsleep")
+
+USAGE = """usage: lmsleep COMMAND [hydra overrides]
+
+commands:
+  fit           train, then test the best checkpoint     lmsleep fit experiment=rule110_transformer
+  test          evaluate a checkpoint on the test split  lmsleep test ckpt_path=logs/fit/runs/<run>/checkpoints/last.ckpt
+  export-data   write task samples as JSON lines         lmsleep export-data data=rule110 split=test n=100 out=FILE.jsonl
+
+Every value in configs/ can be overridden (key=value); `lmsleep fit --cfg job` prints the composed config,
+`lmsleep fit --help` lists the config groups, `-m key=a,b` runs a sweep.
+"""
+
+# Overrides of a training run that decide the data and the model; `lmsleep test` re-applies them.
+MODEL_KEYS = ("data", "model", "experiment", "seed")
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("@", 1)[0]
+
+
+def _fit(cfg: DictConfig) -> None:
+    from lmsleep.train import train
+
+    metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    if objects["trainer"].is_global_zero:
+        _report(metrics, cfg)
+
+
+def _test(cfg: DictConfig) -> None:
+    from lmsleep.evaluate import evaluate
+
+    metrics, objects = evaluate(cfg)
+    if objects["trainer"].is_global_zero:
+        _report(metrics, cfg)
+
+
+def _export(cfg: DictConfig) -> None:
+    from lmsleep.export import export_data
+
+    n = export_data(cfg)
+    if cfg.out != "-":
+        print(f"wrote {n} {cfg.split} samples of {cfg.data.task._target_.rsplit('.', 1)[-1]} to {cfg.out}", file=sys.stderr)
+
+
+def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
+    tests = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/") and "@" not in k}
+    print("\n" + "\n".join(f"  {k:<18} {v:.4f}" for k, v in tests.items()))
+    print(f"run folder:  {cfg.paths.output_dir}")
+    print(f"TensorBoard: tensorboard --logdir {cfg.paths.output_dir}/tensorboard")
+
+
+def _with_checkpoint_overrides(args: list[str]) -> list[str]:
+    """Prepend the data/model overrides stored in the checkpoint named by ``ckpt_path=`` (the user's win)."""
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
+    if not paths:
+        raise ConfigError("lmsleep test needs ckpt_path=PATH (a .ckpt file written by `lmsleep fit`)")
+    ckpt = check_checkpoint(paths[-1])
+    stored = [o for o in ckpt.get("lmsleep_run", {}).get("overrides", []) if _override_key(o) in MODEL_KEYS]
+    user_keys = {a.lstrip("+~").split("=", 1)[0] for a in args}
+    return [o for o in stored if o.lstrip("+~").split("=", 1)[0] not in user_keys] + args
+
+
+def _run(config_name: str, task, args: list[str], prog: str) -> None:
+    sys.argv = [prog, *args]
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    try:
+        if command == "fit":
+            _run("fit", _fit, rest, "lmsleep fit")
+        elif command == "test":
+            if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
+                rest = _with_checkpoint_overrides(rest)
+            _run("test", _test, rest, "lmsleep test")
+        elif command in ("export-data", "export_data", "export"):
+            _run("export", _export, rest, "lmsleep export-data")
+        else:
+            raise ConfigError(f"unknown command {command!r}; use one of: fit, test, export-data\n\n{USAGE}")
+    except ConfigError as exc:
+        print(f"lmsleep: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

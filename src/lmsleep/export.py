@@ -1,0 +1,34 @@
+"""``export_data(cfg)``: write task samples as JSON lines (``lmsleep export-data``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lmsleep.data.task import SPLIT_BUCKETS
+from lmsleep.utils.config import ConfigError
+
+
+def export_data(cfg: DictConfig) -> int:
+    """Write samples ``start .. start + n - 1`` of ``cfg.split`` to ``cfg.out`` (``-`` = stdout); returns n."""
+    if cfg.split not in SPLIT_BUCKETS:
+        raise ConfigError(f"split={cfg.split!r} is not one of {sorted(SPLIT_BUCKETS)}")
+    if int(cfg.n) < 0 or int(cfg.start) < 0:
+        raise ConfigError(f"n={cfg.n} and start={cfg.start} must be >= 0")
+    task = instantiate(cfg.data.task)
+    out = str(cfg.out)
+    stream = sys.stdout if out == "-" else None
+    if stream is None:
+        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        stream = open(Path(out).expanduser(), "w")  # noqa: SIM115 - closed below
+    try:
+        for index in range(int(cfg.start), int(cfg.start) + int(cfg.n)):
+            stream.write(json.dumps(task.export(cfg.split, index)) + "\n")
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    return int(cfg.n)

@@ -1,0 +1,87 @@
+"""Causal softmax attention with an explicit, window-bounded KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmsleep.layers.rotary import Rotary
+
+
+@dataclass
+class KVCache:
+    """Keys (already rotated, positions counted from the current window start) and values of one layer.
+
+    ``k``, ``v``: ``[B, H, T_cache, D_head]``.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.k.shape[2]
+
+    def detach(self) -> KVCache:
+        return KVCache(self.k.detach(), self.v.detach())
+
+    def to(self, *args, **kwargs) -> KVCache:
+        return KVCache(self.k.to(*args, **kwargs), self.v.to(*args, **kwargs))
+
+
+class Attention(nn.Module):
+    """Multi-head causal attention (``F.scaled_dot_product_attention``) with rotary positions.
+
+    ``forward(x, cache, pos)`` attends from the new tokens ``x [B, T, D]`` at window positions
+    ``pos .. pos + T - 1`` to the cached keys and to themselves, and returns the output and the cache grown by
+    the new keys. ``sliding`` limits each query to the ``sliding`` most recent keys (itself included).
+    """
+
+    def __init__(self, dim: int, heads: int, rope_base: float = 10_000.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention: dim={dim} must be divisible by heads={heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.rotary = Rotary(self.head_dim, rope_base)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, pos: int = 0, sliding: int | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        positions = torch.arange(pos, pos + T, device=x.device)
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is not None and len(cache):
+            k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)
+        mask = self._mask(T, k.shape[2], sliding, x.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1)), KVCache(k, v)
+
+    @staticmethod
+    def _mask(T: int, S: int, sliding: int | None, device: torch.device) -> torch.Tensor | None:
+        """Boolean ``[T, S]`` mask (True = may attend), or None where plain causal attention is exact."""
+        if S == T and (sliding is None or sliding >= T):
+            return None
+        if T == 1 and (sliding is None or sliding >= S):
+            return None
+        qi = torch.arange(S - T, S, device=device)[:, None]
+        kj = torch.arange(S, device=device)[None, :]
+        allowed = kj <= qi
+        if sliding is not None:
+            allowed &= kj > qi - sliding
+        return allowed
+
+    def shift_cache(self, cache: KVCache, keep: int, shift: int) -> KVCache:
+        """Keep the last ``keep`` cached entries and move their positions by ``-shift`` (a new window start).
+
+        Rotations compose, so rotating the stored keys by ``-shift`` re-expresses them relative to the new
+        window start without recomputing them from features.
+        """
+        k, v = cache.k[:, :, cache.k.shape[2] - keep :], cache.v[:, :, cache.v.shape[2] - keep :]
+        if keep and shift:
+            k = self.rotary(k, torch.full((keep,), -shift, device=k.device))
+        return KVCache(k, v)

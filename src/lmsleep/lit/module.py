@@ -1,0 +1,141 @@
+"""LitLM: the LightningModule that trains and evaluates every model (transformer baseline or sleeping hybrid)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from lmsleep.lit.metrics import AnswerMetrics, masked_cross_entropy
+from lmsleep.lit.optim import OptimConfig, build_optimizers, warmup_cosine
+from lmsleep.models.hybrid import HybridLM
+from lmsleep.models.sleep import SleepConfig, SleepHooks
+from lmsleep.models.state import ModelState
+
+
+class LitLM(L.LightningModule, SleepHooks):
+    """Masked cross-entropy on ``labels``; Muon + AdamW with manual optimisation; answer metrics by depth.
+
+    The wake and sleep phases of every forward call the hooks ``on_wake_start/end(window)``,
+    ``on_sleep_start/end(window, passes)`` and ``on_sleep_pass(...)`` of every callback that defines them, with
+    the trainer and this module first: ``cb.on_sleep_end(trainer, pl_module, window, passes, state)``.
+    Callbacks may change ``self.sleep`` (a :class:`SleepConfig`) between steps; it is saved in checkpoints.
+
+    Args:
+        net: the model (:class:`HybridLM`).
+        sleep: keyword arguments of :class:`SleepConfig` (passes N, window L, eviction, ...).
+        optim: keyword arguments of :class:`OptimConfig`.
+        depth_name: the task's depth axis (``t``, ``k``, ``ops``) for metric names such as ``test/acc@t=4``.
+    """
+
+    def __init__(self, net: HybridLM, sleep: dict[str, Any] | None = None, optim: dict[str, Any] | None = None,
+                 depth_name: str = "depth"):
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        self.sleep = SleepConfig(**dict(sleep or {}))
+        self.optim_cfg = OptimConfig(**dict(optim or {}))
+        self.train_metrics, self.val_metrics, self.test_metrics = (AnswerMetrics(depth_name) for _ in range(3))
+
+    # --- forward and hooks ------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None) -> tuple[torch.Tensor, ModelState]:
+        return self.net(input_ids, self.sleep, state, hooks=self)
+
+    def _dispatch(self, hook: str, *args: Any) -> None:
+        if self._trainer is None:
+            return
+        for cb in self.trainer.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self.trainer, self, *args)
+
+    def on_wake_start(self, window: int) -> None:
+        self._dispatch("on_wake_start", window)
+
+    def on_wake_end(self, window: int) -> None:
+        self._dispatch("on_wake_end", window)
+
+    def on_sleep_start(self, window: int, passes: int) -> None:
+        self._dispatch("on_sleep_start", window, passes)
+
+    def on_sleep_pass(self, window: int, pass_index: int, before: ModelState, after: ModelState) -> None:
+        self._dispatch("on_sleep_pass", window, pass_index, before, after)
+
+    def on_sleep_end(self, window: int, passes: int, state: ModelState) -> None:
+        self._dispatch("on_sleep_end", window, passes, state)
+
+    # --- steps ------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        logits, _ = self(batch["input_ids"])
+        loss = masked_cross_entropy(logits, batch["labels"])
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        for opt in optimizers:
+            if self.optim_cfg.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+        schedulers = self.lr_schedulers()
+        for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if sched is not None:
+                sched.step()
+        with torch.no_grad():
+            metric = self.train_metrics
+            metric.reset()
+            metric.update(logits.detach(), batch["labels"])
+            stats = metric.compute()
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(logits))
+        self.log("train/acc", stats["acc"], prog_bar=True, batch_size=len(logits))
+        self.log("train/passes", float(self.sleep.passes), batch_size=len(logits))
+        return loss.detach()
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        logits, _ = self(batch["input_ids"])
+        getattr(self, f"{split}_metrics").update(logits, batch["labels"], batch["depth"])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_epoch(self, split: str) -> dict[str, torch.Tensor]:
+        metric = getattr(self, f"{split}_metrics")
+        values = metric.compute()  # already reduced over DDP ranks
+        metric.reset()
+        for name, value in values.items():
+            self.log(f"{split}/{name}", value, prog_bar="@" not in name, sync_dist=False, rank_zero_only=False)
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val_metrics = self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_metrics = self._log_epoch("test")
+
+    # --- optimisation -----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizers = build_optimizers(self.net, self.optim_cfg)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        factor = warmup_cosine(total, self.optim_cfg.warmup_steps, self.optim_cfg.min_lr_ratio)
+        schedulers = [{"scheduler": LambdaLR(opt, factor), "interval": "step"} for opt in optimizers]
+        return optimizers, schedulers
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sleep_config"] = self.sleep.to_dict()
+        # The run's overrides let `lmsleep test ckpt_path=...` rebuild the same data and model.
+        if getattr(self, "run_config", None):
+            checkpoint["lmsleep_run"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming a fit continues with the sleep settings it had (a schedule may have changed them);
+        # testing uses the configured ones, so a checkpoint can be evaluated at another N.
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and "sleep_config" in checkpoint:
+            self.sleep = SleepConfig(**checkpoint["sleep_config"])

@@ -1,0 +1,266 @@
+"""Generalised Algorithm 1: wake and sleep over windows (SPEC sections 1 and 2).
+
+For every window of L tokens: pass 1 is the wake pass (its logits are the model's outputs there); if another
+window follows, passes 2..N re-run the looped blocks over the same tokens, carrying the features ``h`` from pass
+to pass and the fast weights ``S`` from the previous pass (``accumulate``, the paper) or from the pre-window
+state (``restart``). Then the KV cache is evicted (``hard``: emptied; ``sliding``: the wake pass's last L-1
+entries stay) and only the fast weights cross the boundary. With ``N = 1`` this is the plain hybrid.
+
+The same functions serve training (:func:`run_windows`), evaluation and streaming
+(:class:`lmsleep.models.streaming.Stream` calls :func:`wake` and :func:`sleep` directly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from lmsleep.models.state import ModelState
+
+if TYPE_CHECKING:
+    from lmsleep.models.hybrid import HybridLM
+
+EVICTIONS = ("none", "hard", "sliding")
+STATE_MODES = ("accumulate", "restart")
+
+
+@dataclass
+class SleepConfig:
+    """How a sequence is split into windows and consolidated.
+
+    Args:
+        passes: N >= 1, passes per window (1 = no sleep).
+        window: L >= 1, tokens per window (ignored when ``eviction="none"``).
+        eviction: ``none`` (full context, one window), ``hard`` (KV emptied at every boundary) or
+            ``sliding`` (the last L-1 wake-pass KV entries stay, attention masked to width L).
+        grad_passes: backpropagate through only the last k of the N passes of each window into the state
+            handed on (None = all, the paper).
+        tbptt_windows: detach the state every k windows (None = never, full BPTT as in the paper).
+        checkpoint_windows: recompute each window's activations in the backward pass (saves memory).
+        state_mode: ``accumulate`` (each pass continues from the previous pass's fast weights, the paper) or
+            ``restart`` (each pass starts from the pre-window fast weights).
+    """
+
+    passes: int = 1
+    window: int = 16
+    eviction: str = "hard"
+    grad_passes: int | None = None
+    tbptt_windows: int | None = None
+    checkpoint_windows: bool = False
+    state_mode: str = "accumulate"
+
+    def __post_init__(self) -> None:
+        if int(self.passes) < 1:
+            raise ValueError(f"sleep.passes must be >= 1 (1 = no sleep), got {self.passes}")
+        if int(self.window) < 1:
+            raise ValueError(f"sleep.window must be >= 1 token, got {self.window}")
+        if self.eviction not in EVICTIONS:
+            raise ValueError(f"sleep.eviction={self.eviction!r} is not one of {EVICTIONS}")
+        if self.state_mode not in STATE_MODES:
+            raise ValueError(f"sleep.state_mode={self.state_mode!r} is not one of {STATE_MODES}")
+        if self.grad_passes is not None and int(self.grad_passes) < 1:
+            raise ValueError(f"sleep.grad_passes must be >= 1 or null (all passes), got {self.grad_passes}")
+        if self.tbptt_windows is not None and int(self.tbptt_windows) < 1:
+            raise ValueError(f"sleep.tbptt_windows must be >= 1 or null (never detach), got {self.tbptt_windows}")
+        self.passes, self.window = int(self.passes), int(self.window)
+
+    @property
+    def sliding(self) -> int | None:
+        """Attention span in tokens under sliding eviction, else None (all of the window)."""
+        return self.window if self.eviction == "sliding" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SleepHooks:
+    """Observers of the wake and sleep phases. Every method is optional; the default does nothing.
+
+    ``window`` is the index of the window within the sequence (or stream).
+    """
+
+    def on_wake_start(self, window: int) -> None: ...
+
+    def on_wake_end(self, window: int) -> None: ...
+
+    def on_sleep_start(self, window: int, passes: int) -> None: ...
+
+    def on_sleep_pass(self, window: int, pass_index: int, before: ModelState, after: ModelState) -> None: ...
+
+    def on_sleep_end(self, window: int, passes: int, state: ModelState) -> None: ...
+
+
+NO_HOOKS = SleepHooks()
+
+
+def wake(
+    model: HybridLM, input_ids: torch.Tensor, state: ModelState, cfg: SleepConfig
+) -> tuple[torch.Tensor, torch.Tensor, ModelState]:
+    """The wake pass over ``input_ids [B, T]`` at window position ``state.pos``.
+
+    Returns logits ``[B, T, V]``, the features at the output of the looped blocks ``[B, T, D]`` (what sleep
+    passes start from) and the state advanced by T tokens.
+    """
+    h = model.embed(input_ids)
+    h, loop_out, state = model.run_blocks(h, state, range(len(model.blocks)), pos=state.pos, sliding=cfg.sliding)
+    state = ModelState(state.layers, state.pos + input_ids.shape[1], state.window_index, state.extra)
+    return model.output(h), loop_out, state
+
+
+def _sleep_pass_start(pre: ModelState, prev: ModelState, cfg: SleepConfig, looped: range) -> ModelState:
+    """State at the start of a sleep pass: window-local parts (KV prefix, conv tails) as before the window,
+    fast weights from the previous pass (accumulate) or from before the window (restart)."""
+    layers = list(prev.layers)
+    for i in looped:
+        p = pre.layers[i]
+        if hasattr(prev.layers[i], "with_local_from"):
+            layers[i] = p if cfg.state_mode == "restart" and p is not None else prev.layers[i].with_local_from(p)
+            if cfg.state_mode == "restart" and p is None:
+                layers[i] = None
+        else:
+            layers[i] = p
+    return ModelState(layers, 0, prev.window_index, prev.extra)
+
+
+def sleep(
+    model: HybridLM,
+    loop_features: torch.Tensor,
+    pre: ModelState,
+    woke: ModelState,
+    cfg: SleepConfig,
+    hooks: SleepHooks = NO_HOOKS,
+) -> ModelState:
+    """Passes 2..N over a finished window, then eviction; returns the state for the next window.
+
+    Args:
+        loop_features: ``[B, L, D]`` features at the looped blocks' output from the wake pass.
+        pre: the state before the window's wake pass (KV prefix, conv tails, pre-window fast weights).
+        woke: the state after the wake pass.
+    """
+    w, n = woke.window_index, cfg.passes
+    looped = model.loop_range
+    state, h = woke, loop_features
+    if n > 1 and model.has_fast_weights:
+        hooks.on_sleep_start(w, n)
+        first_grad_pass = n - (cfg.grad_passes or n) + 1  # passes before it are not backpropagated
+        for p in range(2, n + 1):
+            if p == first_grad_pass:
+                h, state = h.detach(), state.detach()
+            start = _sleep_pass_start(pre, state, cfg, looped)
+            with torch.no_grad() if p < first_grad_pass else contextlib.nullcontext():
+                h, _, after = model.run_blocks(h, start, looped, pos=0, sliding=cfg.sliding)
+            # Blocks outside the loop keep their wake-pass state.
+            state = ModelState(
+                [after.layers[i] if i in looped else woke.layers[i] for i in range(len(model.blocks))],
+                0,
+                w,
+                woke.extra,
+            )
+            hooks.on_sleep_pass(w, p, start, state)
+        hooks.on_sleep_end(w, n, state)
+    return evict(model, state, woke, cfg)
+
+
+def evict(model: HybridLM, state: ModelState, woke: ModelState, cfg: SleepConfig) -> ModelState:
+    """End a window: only fast weights cross a hard boundary; sliding keeps the last L-1 wake-pass KV entries."""
+    layers = []
+    for i, s in enumerate(state.layers):
+        if model.kinds[i] == "attn":
+            s = woke.layers[i]
+            if cfg.eviction == "sliding" and s is not None and cfg.window > 1:
+                layers.append(model.blocks[i].mixer.shift_cache(s, keep=min(len(s), cfg.window - 1), shift=woke.pos))
+            else:
+                layers.append(None)
+        elif s is not None and cfg.eviction == "hard":
+            layers.append(s.without_local())
+        elif s is not None:
+            # Sliding: the local context (conv tail) continues from the wake pass, as the tokens do.
+            layers.append(s.with_local_from(woke.layers[i]))
+        else:
+            layers.append(None)
+    return ModelState(layers, 0, state.window_index + 1, state.extra)
+
+
+def window_step(
+    model: HybridLM, input_ids: torch.Tensor, state: ModelState, cfg: SleepConfig, consolidate: bool, hooks: SleepHooks
+) -> tuple[torch.Tensor, ModelState]:
+    """Wake over one whole window, then (if another window follows) sleep and evict."""
+    w = state.window_index
+    hooks.on_wake_start(w)
+    logits, loop_out, woke = wake(model, input_ids, state, cfg)
+    hooks.on_wake_end(w)
+    if consolidate:
+        return logits, sleep(model, loop_out, state, woke, cfg, hooks)
+    return logits, woke
+
+
+def run_windows(
+    model: HybridLM,
+    input_ids: torch.Tensor,
+    cfg: SleepConfig,
+    state: ModelState | None = None,
+    hooks: SleepHooks = NO_HOOKS,
+) -> tuple[torch.Tensor, ModelState]:
+    """Generalised Algorithm 1 over ``input_ids [B, T]``; returns wake logits ``[B, T, V]`` and the final state."""
+    B, T = input_ids.shape
+    state = model.init_state(B) if state is None else state
+    if state.pos != 0:
+        raise ValueError(
+            f"run_windows must start at a window boundary, but the state is {state.pos} tokens into a window; "
+            "continue a partial window with lmsleep.models.Stream"
+        )
+    L = T if cfg.eviction == "none" else cfg.window
+    if cfg.eviction == "hard" and not model.has_fast_weights and T > L:
+        return _independent_windows(model, input_ids, cfg, state, hooks)
+    outputs = []
+    for start in range(0, T, L):
+        if cfg.tbptt_windows and state.window_index and state.window_index % cfg.tbptt_windows == 0:
+            state = state.detach()
+        ids = input_ids[:, start : start + L]
+        consolidate = start + L < T
+        if cfg.checkpoint_windows and torch.is_grad_enabled():
+            once = _OnceHooks(hooks)  # the recomputation in backward must not fire the hooks again
+            logits, state = checkpoint(
+                window_step, model, ids, state, cfg, consolidate, once, use_reentrant=False
+            )
+            once.mute = True
+        else:
+            logits, state = window_step(model, ids, state, cfg, consolidate, hooks)
+        outputs.append(logits)
+    return torch.cat(outputs, dim=1), state
+
+
+def _independent_windows(
+    model: HybridLM, input_ids: torch.Tensor, cfg: SleepConfig, state: ModelState, hooks: SleepHooks
+) -> tuple[torch.Tensor, ModelState]:
+    """Hard eviction without fast weights: windows share nothing, so run them as one batch."""
+    B, T = input_ids.shape
+    L = cfg.window
+    n = -(-T // L)
+    padded = torch.nn.functional.pad(input_ids, (0, n * L - T))
+    hooks.on_wake_start(state.window_index)
+    logits, _, folded = wake(model, padded.view(B * n, L), model.init_state(B * n), cfg)
+    hooks.on_wake_end(state.window_index)
+    last = T - (n - 1) * L
+    # The returned state is the last window's, as the window loop would leave it.
+    layers = [
+        None if kv is None else type(kv)(*(t.unflatten(0, (B, n))[:, -1, :, :last] for t in (kv.k, kv.v)))
+        for kv in folded.layers
+    ]
+    return logits.view(B, n * L, -1)[:, :T], ModelState(layers, last, state.window_index + n - 1, state.extra)
+
+
+class _OnceHooks(SleepHooks):
+    def __init__(self, inner: SleepHooks):
+        self.inner, self.mute = inner, False
+
+    def __getattribute__(self, name: str):
+        if name.startswith("on_") and not object.__getattribute__(self, "mute"):
+            return getattr(object.__getattribute__(self, "inner"), name)
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        return object.__getattribute__(self, name)

@@ -1,0 +1,54 @@
+"""Per-sequence state of a model: one entry per block, passed in and out, never a module buffer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmsleep.layers.attention import KVCache
+
+
+@dataclass
+class ModelState:
+    """Per-block state: a :class:`KVCache` for attention, fast weights for fast-weight mixers, or None (empty).
+
+    ``pos`` counts the tokens of the current window already consumed; ``window_index`` counts finished
+    windows. Methods return new objects and never modify tensors in place, so autograd graphs stay valid.
+    """
+
+    layers: list[Any]
+    pos: int = 0
+    window_index: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def _map(self, fn) -> ModelState:
+        return ModelState([None if s is None else fn(s) for s in self.layers], self.pos, self.window_index, dict(self.extra))
+
+    def detach(self) -> ModelState:
+        return self._map(lambda s: s.detach())
+
+    def to(self, *args: Any, **kwargs: Any) -> ModelState:
+        return self._map(lambda s: s.to(*args, **kwargs))
+
+    def clear_kv(self) -> ModelState:
+        """Evict every attention layer's KV cache (hard eviction)."""
+        layers = [None if isinstance(s, KVCache) else s for s in self.layers]
+        return ModelState(layers, self.pos, self.window_index, dict(self.extra))
+
+    def kv_length(self) -> int:
+        """Longest KV cache over the attention layers (tokens held in memory)."""
+        return max((len(s) for s in self.layers if isinstance(s, KVCache)), default=0)
+
+    def replace(self, index: int, layer_state: Any) -> ModelState:
+        layers = list(self.layers)
+        layers[index] = layer_state
+        return ModelState(layers, self.pos, self.window_index, dict(self.extra))
+
+    def tensors(self) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for s in self.layers:
+            if s is not None:
+                out += [t for t in vars(s).values() if isinstance(t, torch.Tensor)]
+        return out

@@ -1,0 +1,85 @@
+"""``train(cfg)``: fit a model, then test its best checkpoint. ``lmsleep fit`` is a thin wrapper around it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lmsleep.utils.config import ConfigError, build_data_and_model, check_checkpoint, flat_hparams, instantiate_group
+
+log = logging.getLogger("lmsleep")
+
+HPARAM_METRICS = ("val/loss", "val/acc", "val/acc_exact", "test/loss", "test/acc", "test/acc_exact")
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def log_hparams(loggers: list, cfg: DictConfig, metrics: dict[str, float] | None = None) -> None:
+    """Record the config (and final metrics, under ``hp/``) for TensorBoard's HPARAMS tab."""
+    params = flat_hparams(cfg)
+    hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in (metrics or {}).items() if k in HPARAM_METRICS}
+    for logger in loggers:
+        if hp_metrics:
+            logger.log_hyperparams(params, metrics=hp_metrics)
+        else:
+            logger.log_hyperparams(params)
+
+
+def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train ``cfg.model`` on ``cfg.data`` and test the best checkpoint.
+
+    Args:
+        cfg: a composed ``fit`` config (see ``configs/fit.yaml``).
+        overrides: the command-line overrides of this run, stored in checkpoints so ``lmsleep test`` can
+            rebuild the same data and model.
+
+    Returns:
+        the metrics (``train/...``, ``val/...``, ``test/...``) and the objects built (trainer, model, data).
+    """
+    check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule, model = build_data_and_model(cfg)
+    model.run_config = {
+        "overrides": list(overrides or []),
+        "config": OmegaConf.to_container(cfg, resolve=False),
+    }
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    output_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    log_hparams(loggers, cfg)
+
+    if cfg.get("train", True):
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = _scalars(trainer.callback_metrics)
+
+    if cfg.get("test", True):
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not ckpt:
+            log.warning("No best checkpoint (checkpointing off or fast_dev_run); testing the current weights")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        metrics.update(_scalars(trainer.callback_metrics))
+        log.info(f"Tested checkpoint: {ckpt or '(current weights)'}")
+    log_hparams(loggers, cfg, metrics)
+    for logger in loggers:
+        logger.finalize("success")
+    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "cfg": cfg}
+
+
+def validate_fit_config(cfg: DictConfig) -> None:
+    """Checks that need the whole config (each object checks its own arguments when built)."""
+    for group in ("data", "model", "trainer"):
+        if cfg.get(group) is None:
+            raise ConfigError(f"the config has no '{group}' group; choose one, e.g. `{group}=...`")

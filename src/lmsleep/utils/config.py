@@ -1,0 +1,90 @@
+"""Helpers shared by the entry points: building objects from the config, checking inputs early."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("lmsleep")
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration or input that cannot work; the message says what was wrong and how to fix it."""
+
+
+def config_dir() -> str:
+    if not CONFIG_DIR.is_dir():
+        raise ConfigError(
+            f"lmsleep's configs/ folder was not found at {CONFIG_DIR}; install lmsleep from a clone with "
+            "`pip install -e .` so the configs stay beside the package"
+        )
+    return str(CONFIG_DIR)
+
+
+def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (None or empty -> [])."""
+    objects = []
+    for name, conf in (cfg or {}).items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info(f"Instantiating {kind} <{conf._target_}>")
+            objects.append(instantiate(conf))
+        elif conf is not None:
+            raise ConfigError(f"{kind} entry {name!r} has no _target_; every {kind} entry must name a class")
+    return objects
+
+
+def check_checkpoint(path: str | None, what: str = "ckpt_path") -> dict[str, Any] | None:
+    """Load a Lightning checkpoint to check it before any work starts; returns its contents (None if no path)."""
+    if path is None:
+        return None
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"{what}={path} does not exist; pass the path of a .ckpt file written by `lmsleep fit`")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unreadable file is the same user error
+        raise ConfigError(f"{what}={path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"{what}={path} is not a Lightning checkpoint (it holds no 'state_dict')")
+    return ckpt
+
+
+def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
+    """The DataModule, then the LightningModule with the data's vocabulary size and depth axis filled in."""
+    log.info(f"Instantiating datamodule <{cfg.data._target_}>")
+    datamodule = instantiate(cfg.data)
+    with open_dict(cfg):
+        cfg.model.net.vocab_size = datamodule.vocab_size
+        cfg.model.depth_name = datamodule.task.depth_name
+    log.info(f"Instantiating model <{cfg.model._target_}>")
+    model = instantiate(cfg.model)
+    return datamodule, model
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config flattened to ``a/b/c: scalar`` for TensorBoard's HPARAMS tab."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    keep = {k: container[k] for k in ("data", "model", "trainer", "seed", "task_name", "tags") if k in container}
+
+    def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(obj, dict):
+            out: dict[str, Any] = {}
+            for k, v in obj.items():
+                if k == "_target_":
+                    continue
+                out.update(flatten(v, f"{prefix}/{k}" if prefix else str(k)))
+            return out
+        if isinstance(obj, (int, float, str, bool)) or obj is None:
+            return {prefix: "null" if obj is None else obj}
+        return {prefix: str(obj)}
+
+    return flatten(keep)
