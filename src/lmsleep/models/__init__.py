@@ -3,5 +3,6 @@
 from lmsleep.models.hybrid import HybridLM
 from lmsleep.models.sleep import SleepConfig, SleepHooks, run_windows
 from lmsleep.models.state import ModelState
+from lmsleep.models.streaming import Stream
 
-__all__ = ["HybridLM", "ModelState", "SleepConfig", "SleepHooks", "run_windows"]
+__all__ = ["HybridLM", "ModelState", "SleepConfig", "SleepHooks", "Stream", "run_windows"]

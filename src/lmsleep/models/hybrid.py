@@ -11,16 +11,21 @@ from torch import nn
 
 from lmsleep.layers.attention import Attention
 from lmsleep.layers.block import Block
+from lmsleep.layers.fast_weight_mixer import FastWeightMixer
 from lmsleep.models.sleep import NO_HOOKS, SleepConfig, SleepHooks, run_windows
 from lmsleep.models.state import ModelState
 
 
-def _attention(dim: int, heads: int, rope_base: float, **_: Any) -> nn.Module:
+def _attention(dim: int, heads: int, rope_base: float, ssm: dict[str, Any]) -> nn.Module:
     return Attention(dim, heads, rope_base)
 
 
+def _fast_weights(dim: int, heads: int, rope_base: float, ssm: dict[str, Any]) -> nn.Module:
+    return FastWeightMixer(dim, **ssm)
+
+
 # Sequence mixers by layout name. Each takes ``(x [B, T, D], state, pos=, sliding=)`` and returns ``(y, state)``.
-MIXERS: dict[str, Callable[..., nn.Module]] = {"attn": _attention}
+MIXERS: dict[str, Callable[..., nn.Module]] = {"attn": _attention, "ssm": _fast_weights}
 
 
 def parse_layout(layout: str | Sequence[str]) -> list[str]:
@@ -62,7 +67,8 @@ class HybridLM(nn.Module):
         mlp_ratio: SwiGLU hidden width as a multiple of ``dim``.
         loop: blocks that sleep passes re-run (Eq. 6): ``all``, ``middle``, ``"a:b"``.
         rope_base: rotary base.
-        ssm: keyword arguments of the fast-weight mixer (rule, heads, ...).
+        ssm: keyword arguments of :class:`FastWeightMixer` (``rule``: ``mamba2`` or ``gated_delta``, heads,
+            head_dim, conv_size, backend, ...).
     """
 
     def __init__(
@@ -87,7 +93,7 @@ class HybridLM(nn.Module):
         self.embed = nn.Embedding(int(vocab_size), dim)
         hidden = int(mlp_ratio * dim)
         self.blocks = nn.ModuleList(
-            Block(MIXERS[k](dim=dim, heads=heads, rope_base=rope_base, **(ssm or {})), dim, hidden, kind=k)
+            Block(MIXERS[k](dim=dim, heads=heads, rope_base=rope_base, ssm=dict(ssm or {})), dim, hidden, kind=k)
             for k in self.kinds
         )
         self.norm = nn.RMSNorm(dim)

@@ -8,6 +8,9 @@ from typing import Any
 import torch
 
 from lmsleep.layers.attention import KVCache
+from lmsleep.layers.fast_weight_mixer import FastWeights
+
+_LAYER_TYPES = {"kv": KVCache, "fast_weights": FastWeights}
 
 
 @dataclass
@@ -52,3 +55,27 @@ class ModelState:
             if s is not None:
                 out += [t for t in vars(s).values() if isinstance(t, torch.Tensor)]
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, ``torch.save``-able form (tensors moved to CPU)."""
+        names = {cls: name for name, cls in _LAYER_TYPES.items()}
+        layers = [
+            None if s is None else {"type": names[type(s)], **{k: _cpu(v) for k, v in vars(s).items()}}
+            for s in self.layers
+        ]
+        return {"layers": layers, "pos": self.pos, "window_index": self.window_index}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], device: torch.device | str | None = None) -> ModelState:
+        layers = []
+        for entry in data["layers"]:
+            if entry is None:
+                layers.append(None)
+                continue
+            fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in entry.items() if k != "type"}
+            layers.append(_LAYER_TYPES[entry["type"]](**fields))
+        return cls(layers, int(data["pos"]), int(data["window_index"]))
+
+
+def _cpu(value: Any) -> Any:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value

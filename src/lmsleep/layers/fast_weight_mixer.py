@@ -1,0 +1,159 @@
+"""The fast-weight ("SSM") sequence mixer: matrix-valued recurrent state written by the forward pass only.
+
+Per head, the state ``S`` is a ``K x V`` matrix (SPEC section 1) updated token by token by one of two rules:
+
+- ``mamba2`` (SPEC Eq. 3 in Mamba-2's parametrisation, the default):
+  ``S_t = a_t S_{t-1} + b_t k_t v_t^T`` with ``b_t = dt_t = softplus(w.x_t + dt_bias)`` and
+  ``a_t = exp(-dt_t exp(A_log))``; computed by :func:`lmsleep.ops.ssd` (x = v, B = k, C = q; its state is
+  stored transposed, ``[B, H, V, K]``).
+- ``gated_delta`` (Gated DeltaNet, what the paper ran):
+  ``S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T`` with ``b_t = sigmoid(w_b.x_t)`` and
+  ``log a_t = -exp(A_log) softplus(w_a.x_t + dt_bias)``; computed by :func:`lmsleep.ops.gated_delta_rule`.
+
+Both read ``o_t = scale * S_t^T q_t``. Around the rule: q/k/v projections, a short causal depthwise
+convolution and SiLU on q, k, v, L2-normalised q and k, a per-head gated RMSNorm on the output and an output
+projection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmsleep.ops import gated_delta_rule, ssd
+
+RULES = ("mamba2", "gated_delta")
+
+
+@dataclass
+class FastWeights:
+    """Per-sequence state of a fast-weight layer.
+
+    ``S``: the fast weights, ``[B, H, K, V]`` (gated_delta) or ``[B, H, V, K]`` (mamba2), fp32.
+    ``conv``: the last ``conv_size - 1`` convolution inputs ``[B, C, conv_size - 1]`` (window-local context,
+    like a tiny KV cache), or None at a window start under hard eviction.
+    """
+
+    S: torch.Tensor
+    conv: torch.Tensor | None = None
+
+    def detach(self) -> FastWeights:
+        return FastWeights(self.S.detach(), None if self.conv is None else self.conv.detach())
+
+    def to(self, *args, **kwargs) -> FastWeights:
+        return FastWeights(self.S.to(*args, **kwargs), None if self.conv is None else self.conv.to(*args, **kwargs))
+
+    def with_local_from(self, other: FastWeights | None) -> FastWeights:
+        """These fast weights with ``other``'s window-local context (conv tail)."""
+        return FastWeights(self.S, None if other is None else other.conv)
+
+    def without_local(self) -> FastWeights:
+        """Only the fast weights: what crosses a hard-eviction boundary."""
+        return FastWeights(self.S, None)
+
+
+class FastWeightMixer(nn.Module):
+    """``x [B, T, D] -> y [B, T, D]`` with fast weights carried in a :class:`FastWeights` state.
+
+    Args:
+        dim: model width D.
+        rule: ``mamba2`` or ``gated_delta``.
+        heads: fast-weight heads H.
+        head_dim: key width K per head (the state is K x V per head).
+        expand: value width V = ``expand * head_dim``.
+        conv_size: causal depthwise convolution width (1 = none).
+        backend: op backend (``auto``: GPU kernel on CUDA when installed, else chunked torch).
+        chunk_size: chunk length of the chunked backend.
+        recurrent_below: sequences shorter than this use the token-loop backend (cheaper for streaming).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        rule: str = "mamba2",
+        heads: int = 4,
+        head_dim: int | None = None,
+        expand: int = 1,
+        conv_size: int = 4,
+        backend: str = "auto",
+        chunk_size: int = 64,
+        recurrent_below: int = 8,
+    ):
+        super().__init__()
+        if rule not in RULES:
+            raise ValueError(f"fast-weight rule {rule!r} is not one of {RULES}")
+        head_dim = head_dim or dim // heads
+        if head_dim < 1 or conv_size < 1 or expand < 1:
+            raise ValueError(f"ssm head_dim={head_dim}, expand={expand} and conv_size={conv_size} must be >= 1")
+        self.rule, self.heads, self.key_dim, self.value_dim = rule, heads, head_dim, expand * head_dim
+        self.backend, self.chunk_size, self.recurrent_below = backend, chunk_size, recurrent_below
+        qk, v = heads * head_dim, heads * self.value_dim
+        self.qkv = nn.Linear(dim, 2 * qk + v, bias=False)
+        self.conv_size = conv_size
+        self.conv = nn.Conv1d(2 * qk + v, 2 * qk + v, conv_size, groups=2 * qk + v, bias=True) if conv_size > 1 else None
+        # Gate projections: b_t (write strength) and a_t (decay) per head, as the rule defines them.
+        self.gate_a = nn.Linear(dim, heads, bias=False)
+        self.gate_b = nn.Linear(dim, heads, bias=False) if rule == "gated_delta" else None
+        # Mamba-2's init: A in [1, 16], dt = softplus(dt_bias) log-uniform in [1e-3, 1e-1].
+        self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))
+        dt = torch.exp(torch.empty(heads).uniform_(math.log(1e-3), math.log(1e-1)))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.out_gate = nn.Linear(dim, v, bias=False)
+        self.out_norm = nn.RMSNorm(self.value_dim)
+        self.out = nn.Linear(v, dim, bias=False)
+        self.record_gates = False
+        self.last_gates: dict[str, torch.Tensor] = {}
+
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token ``(log a_t, b_t)``, each ``[B, T, H]``: decay (log, <= 0) and write strength."""
+        acc = torch.promote_types(x.dtype, torch.float32)  # gates in fp32 at least, fp64 stays fp64
+        dt = F.softplus(self.gate_a(x).to(acc) + self.dt_bias)
+        log_a = -torch.exp(self.A_log.to(acc)) * dt
+        b = dt if self.rule == "mamba2" else torch.sigmoid(self.gate_b(x).to(acc))
+        return log_a, b
+
+    def _conv(self, u: torch.Tensor, tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Causal depthwise conv over time of ``u [B, T, C]`` continuing from ``tail [B, C, conv_size-1]``."""
+        if self.conv is None:
+            return u, None
+        B, T, C = u.shape
+        if tail is None:
+            tail = u.new_zeros(B, C, self.conv_size - 1)
+        seq = torch.cat((tail.to(u.dtype), u.transpose(1, 2)), dim=2)
+        y = F.conv1d(seq, self.conv.weight, self.conv.bias, groups=C)
+        return y.transpose(1, 2), seq[:, :, -(self.conv_size - 1) :]
+
+    def initial_state(self, batch_size: int, device: torch.device | None = None) -> FastWeights:
+        shape = (self.key_dim, self.value_dim) if self.rule == "gated_delta" else (self.value_dim, self.key_dim)
+        return FastWeights(torch.zeros(batch_size, self.heads, *shape, device=device))
+
+    def forward(self, x: torch.Tensor, state: FastWeights | None = None, **_: object) -> tuple[torch.Tensor, FastWeights]:
+        B, T, _ = x.shape
+        H, K, V = self.heads, self.key_dim, self.value_dim
+        u, conv_tail = self._conv(self.qkv(x), None if state is None else state.conv)
+        q, k, v = F.silu(u).split((H * K, H * K, H * V), dim=-1)
+        q = F.normalize(q.view(B, T, H, K), dim=-1)
+        k = F.normalize(k.view(B, T, H, K), dim=-1)
+        v = v.view(B, T, H, V)
+        log_a, b = self.gates(x)
+        if self.record_gates:
+            self.last_gates = {"decay": log_a.detach().exp(), "write": b.detach()}
+        S0 = None if state is None else state.S
+        backend = "recurrent" if (T < self.recurrent_below and self.backend == "auto" and not x.is_cuda) else self.backend
+        if self.rule == "gated_delta":
+            o, S = gated_delta_rule(
+                q, k, v, log_a, b, scale=K**-0.5, initial_state=S0, output_final_state=True,
+                backend=backend, chunk_size=self.chunk_size,
+            )
+        else:
+            # ssd's dt multiplies both the decay exponent and the write: dt * A = log a_t with A = -exp(A_log).
+            o, S = ssd(
+                v, b, -torch.exp(self.A_log.to(b.dtype)), k, q * K**-0.5, initial_state=S0, output_final_state=True,
+                backend=backend, chunk_size=self.chunk_size,
+            )
+        o = self.out_norm(o.to(x.dtype)) * F.silu(self.out_gate(x)).view(B, T, H, V)
+        return self.out(o.reshape(B, T, H * V)), FastWeights(S, conv_tail)
