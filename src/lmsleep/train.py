@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,13 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmsleep.utils.config import ConfigError, build_data_and_model, check_checkpoint, flat_hparams, instantiate_group
+from lmsleep.utils.config import (
+    ConfigError,
+    build_data_and_model,
+    check_checkpoint,
+    flat_hparams,
+    instantiate_group,
+)
 
 log = logging.getLogger("lmsleep")
 
@@ -26,7 +33,8 @@ def log_hparams(loggers: list, cfg: DictConfig, metrics: dict[str, float] | None
     params = flat_hparams(cfg)
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in (metrics or {}).items() if k in HPARAM_METRICS}
     for logger in loggers:
-        if hp_metrics:
+        # only some loggers (TensorBoard's) take metrics with the hyperparameters; CSVLogger has them anyway
+        if hp_metrics and "metrics" in inspect.signature(logger.log_hyperparams).parameters:
             logger.log_hyperparams(params, metrics=hp_metrics)
         else:
             logger.log_hyperparams(params)
@@ -66,9 +74,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     metrics = _scalars(trainer.callback_metrics)
 
     if cfg.get("test", True):
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        cb = trainer.checkpoint_callback
+        ckpt = (cb.best_model_path or cb.last_model_path) if cb else ""
         if not ckpt:
-            log.warning("No best checkpoint (checkpointing off or fast_dev_run); testing the current weights")
+            log.warning("No checkpoint (checkpointing off or fast_dev_run); testing the current weights")
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
         metrics.update(_scalars(trainer.callback_metrics))
         log.info(f"Tested checkpoint: {ckpt or '(current weights)'}")

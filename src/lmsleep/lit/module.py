@@ -18,7 +18,7 @@ from lmsleep.models.state import ModelState
 class LitLM(L.LightningModule, SleepHooks):
     """Masked cross-entropy on ``labels``; Muon + AdamW with manual optimisation; answer metrics by depth.
 
-    The wake and sleep phases of every forward call the hooks ``on_wake_start/end(window)``,
+    The wake and sleep phases of every forward call the hooks ``on_wake_start(window)``, ``on_wake_end(window, state)``,
     ``on_sleep_start/end(window, passes)`` and ``on_sleep_pass(...)`` of every callback that defines them, with
     the trainer and this module first: ``cb.on_sleep_end(trainer, pl_module, window, passes, state)``.
     Callbacks may change ``self.sleep`` (a :class:`SleepConfig`) between steps; it is saved in checkpoints.
@@ -55,8 +55,8 @@ class LitLM(L.LightningModule, SleepHooks):
     def on_wake_start(self, window: int) -> None:
         self._dispatch("on_wake_start", window)
 
-    def on_wake_end(self, window: int) -> None:
-        self._dispatch("on_wake_end", window)
+    def on_wake_end(self, window: int, state: ModelState) -> None:
+        self._dispatch("on_wake_end", window, state)
 
     def on_sleep_start(self, window: int, passes: int) -> None:
         self._dispatch("on_sleep_start", window, passes)
@@ -76,10 +76,13 @@ class LitLM(L.LightningModule, SleepHooks):
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        for opt in optimizers:
+        for i, opt in enumerate(optimizers):
             if self.optim_cfg.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=self.optim_cfg.grad_clip, gradient_clip_algorithm="norm")
-            opt.step()
+            # Lightning counts every LightningOptimizer.step() as a global step; stepping the others through
+            # the raw optimizer keeps global_step (max_steps, schedules, logs) at one per batch. (fp16 loss
+            # scaling would miss them: use bf16-mixed or 32-true.)
+            (opt if i == 0 else opt.optimizer).step()
         schedulers = self.lr_schedulers()
         for sched in schedulers if isinstance(schedulers, list) else [schedulers]:
             if sched is not None:
@@ -91,7 +94,8 @@ class LitLM(L.LightningModule, SleepHooks):
             stats = metric.compute()
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(logits))
         self.log("train/acc", stats["acc"], prog_bar=True, batch_size=len(logits))
-        self.log("train/passes", float(self.sleep.passes), batch_size=len(logits))
+        self.log("sleep/passes", float(self.sleep.passes), batch_size=len(logits))
+        self.log("sleep/window", float(self.sleep.window), batch_size=len(logits))
         return loss.detach()
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:

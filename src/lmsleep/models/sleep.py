@@ -80,12 +80,13 @@ class SleepConfig:
 class SleepHooks:
     """Observers of the wake and sleep phases. Every method is optional; the default does nothing.
 
-    ``window`` is the index of the window within the sequence (or stream).
+    ``window`` is the index of the window within the sequence (or stream); ``state`` arguments are the model
+    state at that moment (read them, don't keep them: they hold the autograd graph in training).
     """
 
     def on_wake_start(self, window: int) -> None: ...
 
-    def on_wake_end(self, window: int) -> None: ...
+    def on_wake_end(self, window: int, state: ModelState) -> None: ...
 
     def on_sleep_start(self, window: int, passes: int) -> None: ...
 
@@ -192,7 +193,7 @@ def window_step(
     w = state.window_index
     hooks.on_wake_start(w)
     logits, loop_out, woke = wake(model, input_ids, state, cfg)
-    hooks.on_wake_end(w)
+    hooks.on_wake_end(w, woke)
     if consolidate:
         return logits, sleep(model, loop_out, state, woke, cfg, hooks)
     return logits, woke
@@ -244,7 +245,7 @@ def _independent_windows(
     padded = torch.nn.functional.pad(input_ids, (0, n * L - T))
     hooks.on_wake_start(state.window_index)
     logits, _, folded = wake(model, padded.view(B * n, L), model.init_state(B * n), cfg)
-    hooks.on_wake_end(state.window_index)
+    hooks.on_wake_end(state.window_index, folded)
     last = T - (n - 1) * L
     # The returned state is the last window's, as the window loop would leave it.
     layers = [

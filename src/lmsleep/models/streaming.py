@@ -71,7 +71,7 @@ class Stream:
             i += piece.shape[1]
             self.tokens_seen += piece.shape[1]
             if self.window is not None and self.state.pos == self.window:
-                self.hooks.on_wake_end(self.state.window_index)
+                self.hooks.on_wake_end(self.state.window_index, self.state)
                 self._consolidate()
         return torch.cat(outputs, dim=1)
 
