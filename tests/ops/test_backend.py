@@ -41,7 +41,7 @@ def kernel_cache(monkeypatch):
 def test_import_does_not_import_kernel_packages():
     code = (
         "import sys, lmsleep, lmsleep.ops\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fla', 'mamba_ssm', 'triton'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fla', 'mamba_ssm'))\n"
         "print(bad)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
