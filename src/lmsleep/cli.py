@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -24,6 +25,11 @@ Every value in configs/ can be overridden (key=value); `lmsleep fit --cfg job` p
 `lmsleep fit --help` lists the config groups, `-m key=a,b` runs a sweep.
 """
 
+COMMANDS = ("fit", "test", "export-data", "export_data", "export")
+# Lightning's DDP launcher starts ranks > 0 as `python <sys.argv[0]> <sys.argv[1:]>` (or `python -m <main module>
+# ...`), and Hydra's overrides must be all of sys.argv[1:]; the command reaches those processes through this variable.
+COMMAND_ENV = "LMSLEEP_COMMAND"
+
 # Overrides of a training run that decide the data and the model; `lmsleep test` re-applies them.
 MODEL_KEYS = ("data", "model", "experiment", "seed")
 
@@ -32,10 +38,18 @@ def _override_key(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("@", 1)[0]
 
 
+def _config_error_exit(exc: ConfigError) -> None:
+    print(f"lmsleep: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _fit(cfg: DictConfig) -> None:
     from lmsleep.train import train
 
-    metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    try:
+        metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except ConfigError as exc:  # raised inside Hydra's job: report it like the errors found before it
+        _config_error_exit(exc)
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 
@@ -43,7 +57,10 @@ def _fit(cfg: DictConfig) -> None:
 def _test(cfg: DictConfig) -> None:
     from lmsleep.evaluate import evaluate
 
-    metrics, objects = evaluate(cfg)
+    try:
+        metrics, objects = evaluate(cfg)
+    except ConfigError as exc:
+        _config_error_exit(exc)
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 
@@ -51,9 +68,15 @@ def _test(cfg: DictConfig) -> None:
 def _export(cfg: DictConfig) -> None:
     from lmsleep.export import export_data
 
-    n = export_data(cfg)
+    try:
+        n = export_data(cfg)
+    except ConfigError as exc:
+        _config_error_exit(exc)
     if cfg.out != "-":
-        print(f"wrote {n} {cfg.split} samples of {cfg.data.task._target_.rsplit('.', 1)[-1]} to {cfg.out}", file=sys.stderr)
+        print(
+            f"wrote {n} {cfg.split} samples of {cfg.data.task._target_.rsplit('.', 1)[-1]} to {cfg.out}",
+            file=sys.stderr,
+        )
 
 
 def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
@@ -74,8 +97,10 @@ def _with_checkpoint_overrides(args: list[str]) -> list[str]:
     return [o for o in stored if o.lstrip("+~").split("=", 1)[0] not in user_keys] + args
 
 
-def _run(config_name: str, task, args: list[str], prog: str) -> None:
-    sys.argv = [prog, *args]
+def _run(config_name: str, task, args: list[str], command: str) -> None:
+    # argv[0] stays the real program so that DDP ranks > 0 can be started from it (see COMMAND_ENV).
+    os.environ[COMMAND_ENV] = command
+    sys.argv = [sys.argv[0], *args]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)()
 
 
@@ -84,16 +109,18 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
+    if args[0] not in COMMANDS and os.environ.get("LOCAL_RANK") and os.environ.get(COMMAND_ENV) in COMMANDS:
+        args = [os.environ[COMMAND_ENV], *args]  # a DDP rank > 0 started by Lightning's launcher
     command, rest = args[0], args[1:]
     try:
         if command == "fit":
-            _run("fit", _fit, rest, "lmsleep fit")
+            _run("fit", _fit, rest, "fit")
         elif command == "test":
             if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
                 rest = _with_checkpoint_overrides(rest)
-            _run("test", _test, rest, "lmsleep test")
+            _run("test", _test, rest, "test")
         elif command in ("export-data", "export_data", "export"):
-            _run("export", _export, rest, "lmsleep export-data")
+            _run("export", _export, rest, "export-data")
         else:
             raise ConfigError(f"unknown command {command!r}; use one of: fit, test, export-data\n\n{USAGE}")
     except ConfigError as exc:
