@@ -2,5 +2,6 @@
 
 from lmsleep.callbacks.sleep_monitor import SleepMonitor
 from lmsleep.callbacks.sleep_schedule import SleepSchedule
+from lmsleep.callbacks.validation_pictures import ValidationPictures
 
-__all__ = ["SleepMonitor", "SleepSchedule"]
+__all__ = ["SleepMonitor", "SleepSchedule", "ValidationPictures"]
