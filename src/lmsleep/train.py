@@ -70,7 +70,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     log_hparams(loggers, cfg)
 
     if cfg.get("train", True):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # weights_only=False: the checkpoint holds our config objects, and check_checkpoint has loaded it already
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
     metrics = _scalars(trainer.callback_metrics)
 
     if cfg.get("test", True):
