@@ -30,9 +30,15 @@ MIXERS: dict[str, Callable[..., nn.Module]] = {"attn": _attention, "ssm": _fast_
 
 def parse_layout(layout: str | Sequence[str]) -> list[str]:
     kinds = [k.strip() for k in layout.split(",")] if isinstance(layout, str) else [str(k) for k in layout]
+    if not kinds or kinds == [""]:
+        raise ValueError(
+            f"model layout {layout!r} is empty; use a comma list of {sorted(MIXERS)}, e.g. 'attn,ssm'"
+        )
     unknown = [k for k in kinds if k not in MIXERS]
-    if not kinds or unknown:
-        raise ValueError(f"model layout {layout!r} has unknown block kinds {unknown}; use a comma list of {sorted(MIXERS)}")
+    if unknown:
+        raise ValueError(
+            f"model layout {layout!r} has unknown block kinds {unknown}; use a comma list of {sorted(MIXERS)}"
+        )
     return kinds
 
 
@@ -43,13 +49,17 @@ def parse_loop(loop: str | Sequence[int] | None, depth: int) -> range:
     if loop == "middle":
         q = depth // 4
         return range(q, depth - q)
-    if isinstance(loop, str) and ":" in loop:
-        a, b = loop.split(":")
-        bounds = [int(a) if a else 0, int(b) if b else depth]
-    elif isinstance(loop, str):
-        raise ValueError(f"model.loop={loop!r}: use 'all', 'middle', 'a:b' or [a, b]")
-    else:
-        bounds = [int(x) for x in loop]
+    usage = f"model.loop={loop!r}: use 'all', 'middle', 'a:b' or [a, b] (block indices)"
+    try:
+        if isinstance(loop, str) and loop.count(":") == 1:
+            a, b = loop.split(":")
+            bounds = [int(a) if a.strip() else 0, int(b) if b.strip() else depth]
+        elif isinstance(loop, str):
+            raise ValueError(usage)
+        else:
+            bounds = [int(x) for x in loop]
+    except (TypeError, ValueError) as exc:  # 'x:y', '1:2:3', a bare int, ...
+        raise ValueError(usage) from exc
     if len(bounds) != 2 or not 0 <= bounds[0] < bounds[1] <= depth:
         raise ValueError(f"model.loop={loop!r} must name a non-empty slice of the {depth} blocks")
     return range(bounds[0], bounds[1])
@@ -84,7 +94,9 @@ class HybridLM(nn.Module):
     ):
         super().__init__()
         if vocab_size is None or int(vocab_size) < 1:
-            raise ValueError(f"model vocab_size must be a positive int (taken from the data), got {vocab_size}")
+            raise ValueError(
+                f"model vocab_size must be a positive int (taken from the data), got {vocab_size}"
+            )
         if dim < 1:
             raise ValueError(f"model dim must be >= 1, got {dim}")
         self.kinds = parse_layout(layout)
@@ -93,7 +105,9 @@ class HybridLM(nn.Module):
         self.embed = nn.Embedding(int(vocab_size), dim)
         hidden = int(mlp_ratio * dim)
         self.blocks = nn.ModuleList(
-            Block(MIXERS[k](dim=dim, heads=heads, rope_base=rope_base, ssm=dict(ssm or {})), dim, hidden, kind=k)
+            Block(
+                MIXERS[k](dim=dim, heads=heads, rope_base=rope_base, ssm=dict(ssm or {})), dim, hidden, kind=k
+            )
             for k in self.kinds
         )
         self.norm = nn.RMSNorm(dim)
@@ -106,7 +120,9 @@ class HybridLM(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() < 2 or "conv" in name:
                 continue
-            scale = 1 / math.sqrt(2 * len(self.blocks)) if name.endswith(("out.weight", "down.weight")) else 1.0
+            scale = (
+                1 / math.sqrt(2 * len(self.blocks)) if name.endswith(("out.weight", "down.weight")) else 1.0
+            )
             nn.init.normal_(p, std=std * scale)
 
     @property
