@@ -1,0 +1,1 @@
+"""Tests of the sleeping hybrid LM (models, streaming, Lightning module and callbacks)."""
