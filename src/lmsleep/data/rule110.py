@@ -50,10 +50,10 @@ class Rule110Task(Task):
     depth_name = "t"
 
     def __init__(self, width: int = 8, num_states: int = 4, steps: Any = 1, window: int | None = None, seed: int = 0):
+        if width < 3:  # before the window check: the window defaults to (and in configs follows) the width
+            raise ValueError(f"rule110: state width W={width} is too small; Rule 110 needs W >= 3")
         window = width if window is None else window
         super().__init__(seed=seed, window=window)
-        if width < 3:
-            raise ValueError(f"rule110: state width W={width} is too small; Rule 110 needs W >= 3")
         if num_states < 1:
             raise ValueError(f"rule110: num_states={num_states} must be >= 1")
         self.width = int(width)
