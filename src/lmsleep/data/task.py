@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -100,9 +101,13 @@ class Task(ABC):
             )
         input_ids, labels = self.encode(problem)
         if len(input_ids) != len(labels):
-            raise AssertionError(f"{self.name}: encode returned {len(input_ids)} ids but {len(labels)} labels")
+            raise AssertionError(
+                f"{self.name}: encode returned {len(input_ids)} ids but {len(labels)} labels"
+            )
         if len(input_ids) > self.max_length:
-            raise AssertionError(f"{self.name}: sample of {len(input_ids)} tokens exceeds max_length {self.max_length}")
+            raise AssertionError(
+                f"{self.name}: sample of {len(input_ids)} tokens exceeds max_length {self.max_length}"
+            )
         return {**problem, "input_ids": input_ids, "labels": labels, "depth": self.depth(problem)}
 
     def split_of(self, problem: dict[str, Any]) -> str:
@@ -129,8 +134,12 @@ class Task(ABC):
 def parse_range(value: int | list[int] | tuple[int, int] | str, what: str) -> tuple[int, int]:
     """Accept ``4``, ``[4, 16]`` or ``"4-16"`` and return an inclusive ``(lo, hi)`` range."""
     if isinstance(value, str):
-        parts = value.split("-")
-        value = [int(parts[0])] if len(parts) == 1 else [int(p) for p in parts]
+        match = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", value)
+        if match is None:
+            raise ValueError(
+                f"{what} must be an int or an inclusive range 'lo-hi' or [lo, hi], got {value!r}"
+            )
+        value = [int(g) for g in match.groups() if g is not None]
     if isinstance(value, int):
         return int(value), int(value)
     value = list(value)
