@@ -38,6 +38,7 @@ class SleepMonitor(Callback):
             raise ValueError(f"SleepMonitor every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.active = False
+        self.step = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -52,6 +53,8 @@ class SleepMonitor(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self.active = trainer.is_global_zero and trainer.global_step % self.every_n_steps == 0
+        # the step this batch is logged under (global_step has moved on by the batch's end)
+        self.step = trainer.global_step
         self._reset()
         for mixer in self._mixers(pl_module).values():
             mixer.record_gates = self.active
@@ -95,7 +98,7 @@ class SleepMonitor(Callback):
             mixer.record_gates = False
         if writer is None:
             return
-        step = trainer.global_step
+        step = self.step
         scalars = {
             "sleep_monitor/passes": float(pl_module.sleep.passes),
             "sleep_monitor/sleeps": float(self.sleeps),
