@@ -218,6 +218,12 @@ def state_tensors_equal(a: ModelState, b: ModelState) -> bool:
     return True
 
 
+def group_of(name: str, kinds: Sequence[str]) -> str:
+    """``embed``, ``head``, ``norm`` or ``<kind>.<part>`` (``ssm.mixer``, ``attn.mlp``, ``ssm.mixer_norm``)."""
+    parts = name.split(".")
+    return f"{kinds[int(parts[1])]}.{parts[2]}" if parts[0] == "blocks" else parts[0]
+
+
 # --- Lightning callbacks used by the fit tests ---------------------------------------------------------------
 class StepRecorder(L.Callback):
     """Per training step: the sleep passes in force, the sleep passes actually run, requires_grad per
@@ -232,17 +238,15 @@ class StepRecorder(L.Callback):
         return {n: p.detach().clone() for n, p in pl_module.net.named_parameters()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        net = pl_module.net
         groups: dict[str, set[bool]] = {}
-        for name, p in net.named_parameters():
-            parts = name.split(".")
-            group = f"blocks.{parts[2]}.{net.kinds[int(parts[1])]}" if parts[0] == "blocks" else parts[0]
-            groups.setdefault(group, set()).add(p.requires_grad)
+        for name, p in pl_module.net.named_parameters():
+            groups.setdefault(group_of(name, pl_module.net.kinds), set()).add(p.requires_grad)
         self._current = {
             "passes_run": 0,
             "sleeps": 0,
             "groups": groups,
             "params_before": self._snapshot(pl_module),
+            "batch": batch["input_ids"].clone(),
         }
         self.steps[trainer.global_step] = self._current
 
@@ -343,8 +347,8 @@ TINY_HYBRID = [
     "model.optim.warmup_steps=0",
     "trainer.num_sanity_val_steps=0",
     "trainer.log_every_n_steps=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
 ]
 
 __all__ = [
