@@ -1,0 +1,119 @@
+"""Shared helpers of the foundation tests: composing configs in process, running the ``lmsleep`` CLI.
+
+Runs are tiny (a few batches of a 16-wide model) and use one torch thread: on a 2-core machine shared with
+other work, torch's intra-op threads make these tiny matmuls 10x slower, not faster.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+
+# Overrides that make any TaskDataModule-based run tiny (the keys every data config has).
+TINY_DATA = [
+    "data.batch_size=4",
+    "data.train_size=16",
+    "data.val_size=8",
+    "data.test_size=8",
+    "data.num_workers=0",
+]
+TINY_MODEL = ["model.net.dim=16", "model.net.heads=2"]
+TINY = TINY_DATA + TINY_MODEL
+
+
+def config_names(group: str) -> list[str]:
+    """Every option of a config group, found on disk (so configs added later are covered too)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "fit", output_dir: Path | None = None
+) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` as ``lmsleep <command>`` would, with the run folder at
+    ``output_dir`` (``paths.log_dir`` beside it). The ``hydra`` node is set as the current HydraConfig and
+    removed from the returned config, as in a Hydra job."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.log_dir = str(Path(output_dir).parent / "logs")
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def compose() -> object:
+    """``compose(overrides, config_name="fit", output_dir=None)``: see :func:`compose_config`."""
+    return compose_config
+
+
+@pytest.fixture(scope="session")
+def tiny() -> list[str]:
+    """Overrides that make a Rule 110 / transformer run tiny."""
+    return list(TINY)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for the tests of a module (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def compose_fit(tmp_path: Path):
+    """``compose_fit(*overrides, config_name="fit")``: a config whose run folder is ``tmp_path / "run"``."""
+
+    def make(*overrides: str, config_name: str = "fit") -> DictConfig:
+        return compose_config(overrides, config_name, tmp_path / "run")
+
+    return make
+
+
+@pytest.fixture
+def cfg_fit(compose_fit, one_thread) -> DictConfig:
+    """A tiny ``fit`` config: Rule 110, transformer, fast_dev_run, run folder in tmp_path."""
+    return compose_fit("debug=fdr", *TINY)
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LMSLEEP_COMMAND"):
+        env.pop(name, None)
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 180, console_script: bool = False
+) -> subprocess.CompletedProcess:
+    """Run ``lmsleep ARGS`` in a subprocess (``python -m lmsleep``, or the installed ``lmsleep`` script)."""
+    script = Path(sys.executable).parent / "lmsleep"
+    command = [str(script)] if console_script and script.exists() else [sys.executable, "-m", "lmsleep"]
+    return subprocess.run(
+        [*command, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``cli(*args, cwd=..., timeout=180, console_script=False)``: see :func:`run_cli`."""
+    return run_cli

@@ -1,0 +1,217 @@
+"""Every config composes, and every data, model, logger, callbacks and experiment config runs fast_dev_run.
+
+Config options are discovered on disk, so a config added later is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from lmsleep.train import train
+from lmsleep.utils.config import build_data_and_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def shrink(cfg) -> None:
+    """Clamp the sizes of a composed config that every TaskDataModule config has (paper-size experiments)."""
+    with open_dict(cfg):
+        cfg.data.batch_size = min(int(cfg.data.batch_size), 2)
+        cfg.data.val_size = min(int(cfg.data.val_size), 4)
+        cfg.data.test_size = min(int(cfg.data.test_size), 4)
+        cfg.data.num_workers = 0
+
+
+def check_metrics(metrics: dict[str, float], depth_name: str) -> None:
+    for split in ("val", "test"):
+        assert 0.0 <= metrics[f"{split}/acc"] <= 1.0
+        assert 0.0 <= metrics[f"{split}/acc_exact"] <= 1.0
+        assert math.isfinite(metrics[f"{split}/loss"]) and metrics[f"{split}/loss"] > 0
+    assert math.isfinite(metrics["train/loss"])
+    # depth-stratified test metrics use the task's depth axis name (t, k, ops)
+    assert any(k.startswith(f"test/acc@{depth_name}=") for k in metrics), sorted(metrics)
+
+
+def run_fdr(cfg) -> tuple[dict[str, float], dict]:
+    metrics, objects = train(cfg)
+    trainer = objects["trainer"]
+    assert trainer.fast_dev_run, "the run must be a fast_dev_run"
+    assert trainer.global_step == 1, "fast_dev_run trains exactly one batch"
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt")), "debug=fdr writes no checkpoint"
+    saved = OmegaConf.load(Path(cfg.paths.output_dir) / "config.yaml")
+    assert saved.data.task._target_ == cfg.data.task._target_
+    check_metrics(metrics, objects["datamodule"].task.depth_name)
+    return metrics, objects
+
+
+def test_groups_are_discovered():
+    assert "rule110_transformer" in options("experiment")
+    assert {"rule110", "depo", "gsm_inf"} <= set(options("data"))
+    assert "transformer" in options("model")
+    assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
+    assert {"tensorboard", "csv", "many"} <= set(options("logger"))
+    assert {"default", "none"} <= set(options("callbacks"))
+    assert {"fdr", "limit", "overfit"} <= set(options("debug"))
+
+
+def test_default_fit_config(compose):
+    cfg = compose([])
+    assert cfg.data.task._target_ == "lmsleep.data.Rule110Task"
+    assert cfg.model._target_ == "lmsleep.lit.LitLM"
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1
+    # the window of the model follows the data's window
+    assert cfg.model.sleep.window == cfg.data.task.window == cfg.data.task.width
+    assert cfg.ckpt_path is None and cfg.train and cfg.test
+
+
+@pytest.mark.parametrize("name", ["test", "export"])
+def test_other_entry_configs_compose(compose, name):
+    cfg = compose([], config_name=name)
+    assert cfg.data.task._target_ == "lmsleep.data.Rule110Task"
+    if name == "test":
+        assert OmegaConf.is_missing(cfg, "ckpt_path")
+        assert cfg.get("callbacks") is None
+    else:
+        assert cfg.out == "-" and cfg.split == "test" and cfg.n == 100
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_composes_and_builds(compose, name, one_thread):
+    """Every experiment (paper sizes too) composes and its data module and model can be built."""
+    cfg = compose([f"experiment={name}"])
+    assert cfg.data.task._target_.startswith("lmsleep.")
+    datamodule, model = build_data_and_model(cfg)
+    sample = datamodule.task.sample("train", 0)
+    assert len(sample["input_ids"]) <= datamodule.task.max_length
+    assert model.net.embed.num_embeddings == datamodule.vocab_size
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_paper") else n for n in options("experiment")],
+)
+def test_experiment_runs_fast_dev_run(compose_fit, name, one_thread):
+    cfg = compose_fit(f"experiment={name}", "debug=fdr")
+    shrink(cfg)
+    run_fdr(cfg)
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread):
+    metrics, objects = run_fdr(compose_fit(f"data={name}", "debug=fdr", *tiny))
+    task = objects["datamodule"].task
+    assert (
+        type(task).__name__ == OmegaConf.load(CONFIGS / "data" / f"{name}.yaml").task._target_.rsplit(".")[-1]
+    )
+    assert objects["model"].net.embed.num_embeddings == task.vocab_size
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread):
+    _, objects = run_fdr(compose_fit(f"model={name}", "debug=fdr", *tiny))
+    expected = OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
+    if "layout" in expected.get("net", {}):
+        kinds = [k.strip() for k in expected.net.layout.split(",")]
+        assert len(objects["model"].net.blocks) == len(kinds)
+
+
+def test_trainer_cpu_runs(compose_fit, tiny, one_thread):
+    cfg = compose_fit("trainer=cpu", "debug=fdr", *tiny)
+    _, objects = run_fdr(cfg)
+    assert type(objects["trainer"].accelerator).__name__ == "CPUAccelerator"
+
+
+def test_trainer_gpu_composes(compose):
+    cfg = compose(["trainer=gpu"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.reload_dataloaders_every_n_epochs == 1  # from trainer/default
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trainer_gpu_runs(compose_fit, tiny):
+    run_fdr(compose_fit("trainer=gpu", "debug=fdr", *tiny))
+
+
+def test_trainer_ddp_composes_and_instantiates(compose):
+    cfg = compose(["trainer=ddp", "trainer.accelerator=cpu"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
+    assert cfg.trainer.use_distributed_sampler is True
+    assert cfg.trainer.reload_dataloaders_every_n_epochs == 1
+    trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+    assert trainer.world_size == 2
+    assert type(trainer.strategy).__name__ == "DDPStrategy"
+
+
+LIMIT_1 = ["debug=limit", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+LIMIT_1 += ["trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+
+
+@pytest.mark.parametrize("name", options("logger"))
+def test_logger_config_records_the_run(compose_fit, tiny, name, one_thread):
+    """fast_dev_run swaps loggers for a dummy, so this is a (one-epoch, two-batch) limited run."""
+    cfg = compose_fit(f"logger={name}", *LIMIT_1, *tiny)
+    metrics, objects = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    configured = {c._target_.rsplit(".", 1)[-1] for c in cfg.logger.values()}
+    assert {type(lg).__name__ for lg in objects["trainer"].loggers} == configured
+    if name == "many":
+        assert configured == {"TensorBoardLogger", "CSVLogger"}
+    if "TensorBoardLogger" in configured:
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    if "CSVLogger" in configured:
+        lines = (out / "csv" / "metrics.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        rows = [dict(zip(header, r.split(","), strict=True)) for r in lines[1:]]
+        tested = [r for r in rows if r.get("test/acc")]
+        assert len(tested) == 1
+        for key in ("test/acc", "test/loss", "test/acc_exact"):
+            assert float(tested[0][key]) == pytest.approx(metrics[key], rel=1e-6, abs=1e-7)
+        assert (out / "csv" / "hparams.yaml").is_file()
+
+
+@pytest.mark.parametrize("name", options("callbacks"))
+def test_callbacks_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread):
+    # callbacks written for sleeping hybrids need the hybrid model; the others run with the default model
+    model = "hybrid" if name not in ("default", "none") and "hybrid" in options("model") else "transformer"
+    cfg = compose_fit(f"callbacks={name}", f"model={model}", "debug=fdr", *tiny)
+    _, objects = run_fdr(cfg)
+    configured = {c._target_.rsplit(".", 1)[-1] for c in (cfg.callbacks or {}).values() if c is not None}
+    present = {type(c).__name__ for c in objects["trainer"].callbacks}
+    assert configured <= present
+    if name == "none":
+        assert not configured
+
+
+@pytest.mark.parametrize("name", options("debug"))
+def test_debug_config_composes(compose, name):
+    cfg = compose([f"debug={name}"])
+    t = cfg.trainer
+    if name == "fdr":
+        assert t.fast_dev_run is True and cfg.data.num_workers == 0
+    elif name == "limit":
+        assert (t.max_epochs, t.limit_train_batches, t.limit_val_batches, t.limit_test_batches) == (
+            2,
+            5,
+            2,
+            2,
+        )
+    elif name == "overfit":
+        assert t.overfit_batches == 2 and cfg.data.fresh_train_samples is False
+    # every debug preset instantiates a Trainer
+    instantiate(t, logger=False, enable_progress_bar=False)
+
+
+def test_debug_fdr_runs(cfg_fit):
+    run_fdr(cfg_fit)
