@@ -1,0 +1,159 @@
+"""Error cases stop before any training with a message that names the bad value and what would be valid,
+in process (``train`` / ``evaluate``) and through the ``lmsleep`` command (exit status, message, no epochs,
+no checkpoints). Also the command's usage text."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from lmsleep.evaluate import evaluate
+from lmsleep.train import train
+from lmsleep.utils.config import ConfigError
+
+GARBAGE = bytes(range(256)) * 8
+
+
+def bad_files(root: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "garbage.ckpt").write_bytes(GARBAGE)
+    torch.save({"weights": torch.zeros(2)}, root / "not_lightning.ckpt")
+    return {
+        "missing": root / "nonexistent.ckpt",
+        "garbage": root / "garbage.ckpt",
+        "foreign": root / "not_lightning.ckpt",
+    }
+
+
+CKPT_MESSAGES = {
+    "missing": r"ckpt_path=\S*nonexistent\.ckpt does not exist; pass the path of a \.ckpt file",
+    "garbage": r"ckpt_path=\S*garbage\.ckpt is not a readable checkpoint",
+    "foreign": r"ckpt_path=\S*not_lightning\.ckpt is not a Lightning checkpoint \(it holds no 'state_dict'\)",
+}
+
+# (override, what the message must say: the bad value and the valid range)
+TASK_SIZES = {
+    "width": ("data.task.width=2", r"W=2 is too small; Rule 110 needs W >= 3"),
+    "steps": ("data.task.steps=-1", r"steps t=\(-1, -1\) must be >= 0"),
+    "window": ("data.task.window=0", r"window L must be >= 1 token, got 0"),
+    "num_states": ("data.task.num_states=0", r"num_states=0 must be >= 1"),
+}
+
+
+# --- in process -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("group", "options"), [("model", "transformer"), ("experiment", "rule110_transformer")]
+)
+def test_unknown_config_name_in_process(compose, group, options):
+    with pytest.raises(MissingConfigException, match=rf"Could not find '{group}/nope'") as info:
+        compose([f"{group}=nope"])
+    assert options in str(info.value)  # the available options are listed
+
+
+@pytest.mark.parametrize("kind", CKPT_MESSAGES)
+def test_bad_checkpoint_for_fit_in_process(compose_fit, tiny, tmp_path, kind):
+    path = bad_files(tmp_path / "files")[kind]
+    cfg = compose_fit("debug=limit", *tiny, f"ckpt_path={path}")
+    with pytest.raises(ConfigError, match=CKPT_MESSAGES[kind]):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # stopped before the run folder, trainer or data existed
+
+
+@pytest.mark.parametrize("kind", CKPT_MESSAGES)
+def test_bad_checkpoint_for_test_in_process(compose_fit, tiny, tmp_path, kind):
+    path = bad_files(tmp_path / "files")[kind]
+    cfg = compose_fit(*tiny, f"ckpt_path={path}", config_name="test")
+    with pytest.raises(ConfigError, match=CKPT_MESSAGES[kind]):
+        evaluate(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", TASK_SIZES)
+def test_impossible_task_size_in_process(compose_fit, tiny, tmp_path, case):
+    override, message = TASK_SIZES[case]
+    cfg = compose_fit("debug=limit", *tiny, override)
+    with pytest.raises(Exception, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+# --- through the command ---------------------------------------------------------------------------------------
+# name -> (arguments, expected exit status, regex the output must match)
+CLI_CASES = {
+    "fit model=nope": (["fit", "model=nope"], 1, r"Could not find 'model/nope'[\s\S]*transformer"),
+    "fit experiment=nope": (
+        ["fit", "experiment=nope"],
+        1,
+        r"Could not find 'experiment/nope'[\s\S]*rule110_transformer",
+    ),
+    **{
+        f"fit ckpt {k}": (["fit", "ckpt_path={" + k + "}"], 2, "lmsleep: error: " + m)
+        for k, m in CKPT_MESSAGES.items()
+    },
+    **{
+        f"test ckpt {k}": (["test", "ckpt_path={" + k + "}"], 2, "lmsleep: error: " + m)
+        for k, m in CKPT_MESSAGES.items()
+    },
+    "test without ckpt": (["test"], 2, r"lmsleep test needs ckpt_path=PATH"),
+    **{f"fit {k}": (["fit", o], 1, m) for k, (o, m) in TASK_SIZES.items()},
+    "unknown command": (["train"], 2, r"unknown command 'train'; use one of: fit, test, export-data"),
+    "export split": (
+        ["export-data", "split=dev"],
+        2,
+        r"split='dev' is not one of \['test', 'train', 'val'\]",
+    ),
+    "export n": (["export-data", "n=-1"], 2, r"n=-1 and start=0 must be >= 0"),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory, cli, tiny):
+    """Every case run as its own ``lmsleep`` process, two at a time (each spends seconds importing torch)."""
+    root = tmp_path_factory.mktemp("cli_errors")
+    files = bad_files(root / "files")
+
+    def run(name: str):
+        args, _, _ = CLI_CASES[name]
+        cwd = root / re.sub(r"\W+", "_", name)
+        cwd.mkdir()
+        args = [a.format(**files) for a in args]
+        extra = [f"paths.log_dir={cwd}/logs", *tiny] if args[0] in ("fit", "test") else []
+        return cwd, cli(*args, *extra, cwd=cwd, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run, name) for name in CLI_CASES}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.parametrize("name", CLI_CASES)
+def test_cli_error(cli_results, name):
+    _, status, message = CLI_CASES[name]
+    cwd, result = cli_results[name]
+    output = result.stdout + result.stderr
+    assert result.returncode == status, output[-3000:]
+    assert re.search(message, result.stderr), result.stderr[-3000:]
+    assert "Traceback" not in output  # a message, not a stack trace
+    assert "Epoch" not in output and "Sanity Checking" not in output
+    assert not list(cwd.rglob("*.ckpt"))
+    assert not list(cwd.rglob("events.out.tfevents.*"))
+
+
+def test_cli_usage(cli, tmp_path):
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: lmsleep COMMAND [hydra overrides]")
+    for command in ("fit", "test", "export-data"):
+        assert re.search(rf"^\s+{command}\s", result.stdout, re.M)
+
+
+def test_cli_prints_the_composed_config(cli, tmp_path):
+    result = cli("fit", "experiment=rule110_transformer", "data.task.width=12", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^  task:\n(    .*\n)*?    width: 12$", result.stdout, re.M)
+    assert "task_name: rule110_transformer" in result.stdout
+    assert not list(tmp_path.iterdir())  # printing the config runs nothing
