@@ -77,6 +77,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     if cfg.get("test", True):
         cb = trainer.checkpoint_callback
         ckpt = (cb.best_model_path or cb.last_model_path) if cb else ""
+        if not ckpt and not cfg.get("train", True):
+            ckpt = cfg.get("ckpt_path") or ""  # `train=false ckpt_path=X`: test X, not the untrained weights
         if not ckpt:
             log.warning("No checkpoint (checkpointing off or fast_dev_run); testing the current weights")
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
