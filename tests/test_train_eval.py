@@ -91,6 +91,16 @@ def test_resume_from_last_checkpoint_continues(fitted, compose, tiny, tmp_path):
     assert objects["trainer"].current_epoch == 2
 
 
+def test_fit_without_training_tests_the_given_checkpoint(fitted, compose, tiny, tmp_path):
+    """`lmsleep fit train=false ckpt_path=X` tests X (not freshly initialised weights)."""
+    last = fitted.out / "checkpoints" / "last.ckpt"
+    overrides = [*tiny, *RUN, "train=false", f"ckpt_path={last}"]
+    metrics, objects = train(compose(overrides, output_dir=tmp_path / "run"), overrides)
+    assert objects["trainer"].global_step == 0
+    for key in TEST_KEYS:
+        assert metrics[key] == pytest.approx(fitted.metrics[key], rel=1e-6, abs=1e-7), key
+
+
 def test_cli_test_reapplies_the_training_overrides(fitted, cli, tmp_path):
     """`lmsleep test ckpt_path=...` composes width 6 from the checkpoint; an override given again wins."""
     last = fitted.out / "checkpoints" / "last.ckpt"
