@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 
 from lmsleep.evaluate import evaluate
 from lmsleep.train import train
@@ -157,3 +158,21 @@ def test_cli_prints_the_composed_config(cli, tmp_path):
     assert re.search(r"^  task:\n(    .*\n)*?    width: 12$", result.stdout, re.M)
     assert "task_name: rule110_transformer" in result.stdout
     assert not list(tmp_path.iterdir())  # printing the config runs nothing
+
+
+def test_cli_multirun(cli, tmp_path):
+    result = cli(
+        "fit",
+        "-m",
+        "debug=fdr",
+        "seed=0,1",
+        "model.net.dim=16",
+        f"paths.log_dir={tmp_path}/logs",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "fit" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        assert OmegaConf.load(sweep / job / "config.yaml").seed == int(job)
+        assert f"run folder:  {sweep / job}\n" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,3 +212,23 @@ def test_parse_range(value, expected):
 def test_parse_range_rejects(value):
     with pytest.raises(ValueError, match=r"^steps must be an int"):
         parse_range(value, "steps")
+
+
+# --- export of every task ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_export_data_of_every_task(compose, tmp_path, name):
+    from lmsleep.export import export_data
+
+    out = tmp_path / "samples.jsonl"
+    cfg = compose(
+        [f"data={name}", "split=val", "n=4", "start=2", "seed=3", f"out={out}"], config_name="export"
+    )
+    assert export_data(cfg) == 4
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    task = task_from_config(name, seed=3)
+    assert records == [json.loads(json.dumps(task.export("val", i))) for i in range(2, 6)]
+    for r in records:
+        assert {"input_ids", "labels", "text", "depth", "split", "index"} <= set(r)
+        assert len(r["input_ids"]) == len(r["labels"]) == len(r["text"].split()) <= task.max_length
+        assert task.vocab.encode(r["text"].split()) == r["input_ids"]
+        assert any(y != IGNORE_INDEX for y in r["labels"])
