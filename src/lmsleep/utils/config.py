@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from lightning import Callback
-from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("lmsleep")
@@ -48,11 +46,15 @@ def check_checkpoint(path: str | None, what: str = "ckpt_path") -> dict[str, Any
         return None
     file = Path(str(path)).expanduser()
     if not file.is_file():
-        raise ConfigError(f"{what}={path} does not exist; pass the path of a .ckpt file written by `lmsleep fit`")
+        raise ConfigError(
+            f"{what}={path} does not exist; pass the path of a .ckpt file written by `lmsleep fit`"
+        )
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=False)
     except Exception as exc:  # any unreadable file is the same user error
-        raise ConfigError(f"{what}={path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(
+            f"{what}={path} is not a readable checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{what}={path} is not a Lightning checkpoint (it holds no 'state_dict')")
     return ckpt
@@ -73,7 +75,9 @@ def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config flattened to ``a/b/c: scalar`` for TensorBoard's HPARAMS tab."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    keep = {k: container[k] for k in ("data", "model", "trainer", "seed", "task_name", "tags") if k in container}
+    keep = {
+        k: container[k] for k in ("data", "model", "trainer", "seed", "task_name", "tags") if k in container
+    }
 
     def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(obj, dict):
