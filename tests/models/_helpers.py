@@ -106,35 +106,50 @@ def reference_run(
     window: int,
     state_mode: str = "accumulate",
     grad_passes: int | None = None,
+    eviction: str = "hard",
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """Wake logits of every window and the fast weights after the last window's wake pass.
 
-    Per window: pass 1 = every block over ``embed(window)`` from the incoming fast weights (no KV, no conv
-    tail: hard eviction); if another window follows, passes 2..N re-run the looped blocks on the previous
-    pass's looped-block output, each fast-weight layer starting from the previous pass's S (accumulate) or
-    the pre-window S (restart). Only the last ``grad_passes`` passes are backpropagated into the state handed
-    on (features and S detached before the first of them, earlier passes without a graph). Blocks outside
-    the loop hand on their wake-pass S.
+    Per window: pass 1 = every block over ``embed(window)`` from the incoming state; if another window
+    follows, passes 2..N re-run the looped blocks on the previous pass's looped-block output, each
+    fast-weight layer starting from the previous pass's S (accumulate) or the pre-window S (restart), and
+    every window-local part (KV prefix, conv tail) as it was before the window. Only the last ``grad_passes``
+    passes are backpropagated into the state handed on (features and S detached before the first of them,
+    earlier passes without a graph). Blocks outside the loop hand on their wake-pass S.
+
+    Crossing a boundary: ``hard`` lets only S through. ``sliding`` also keeps the wake pass's conv tails and
+    its last L-1 keys and values (moved to the new window origin with the layer's own ``shift_cache``,
+    checked separately against a single pass), and every pass masks attention to the last L tokens.
     """
     B, T = ids.shape
     n_blocks = len(model.blocks)
     loop = list(model.loop_range)
-    incoming: list[torch.Tensor | None] = [None] * n_blocks
+    sliding = window if eviction == "sliding" else None
+    is_attn = [block.kind == "attn" for block in model.blocks]
+    in_S: list[torch.Tensor | None] = [None] * n_blocks
+    in_conv: list[torch.Tensor | None] = [None] * n_blocks
+    in_kv: list[KVCache | None] = [None] * n_blocks
+
+    def fast(S, conv):
+        return None if S is None and conv is None else FastWeights(S, conv)
+
     outputs = []
     for start in range(0, T, window):
-        pre = list(incoming)
+        pre_S, pre_conv, pre_kv = list(in_S), list(in_conv), list(in_kv)
         h = model.embed(ids[:, start : start + window])
-        woke: list[torch.Tensor | None] = [None] * n_blocks
+        woke: list[Any] = [None] * n_blocks
         loop_out = None
         for i, block in enumerate(model.blocks):
-            h, out = block(h, None if pre[i] is None else FastWeights(pre[i]), pos=0, sliding=None)
-            woke[i] = out.S if isinstance(out, FastWeights) else None
+            h, woke[i] = block(
+                h, pre_kv[i] if is_attn[i] else fast(pre_S[i], pre_conv[i]), pos=0, sliding=sliding
+            )
             if i == loop[-1]:
                 loop_out = h
         outputs.append(model.output(h))
+        woke_S = [None if is_attn[i] else woke[i].S for i in range(n_blocks)]
         if start + window >= T:
-            return torch.cat(outputs, dim=1), woke
-        current, h = list(woke), loop_out
+            return torch.cat(outputs, dim=1), woke_S
+        current, h = list(woke_S), loop_out
         first_grad_pass = passes - (grad_passes or passes) + 1
         for p in range(2, passes + 1):
             if p == first_grad_pass:
@@ -142,13 +157,21 @@ def reference_run(
                 current = [None if s is None else s.detach() for s in current]
             with torch.no_grad() if p < first_grad_pass else contextlib.nullcontext():
                 for i in loop:
-                    start_S = pre[i] if state_mode == "restart" else current[i]
-                    h, out = model.blocks[i](
-                        h, None if start_S is None else FastWeights(start_S), pos=0, sliding=None
-                    )
-                    if isinstance(out, FastWeights):
+                    if is_attn[i]:
+                        h, _ = model.blocks[i](h, pre_kv[i], pos=0, sliding=sliding)
+                    else:
+                        S = pre_S[i] if state_mode == "restart" else current[i]
+                        h, out = model.blocks[i](h, fast(S, pre_conv[i]), pos=0, sliding=sliding)
                         current[i] = out.S
-        incoming = [current[i] if i in loop else woke[i] for i in range(n_blocks)]
+        in_S = [current[i] if i in loop else woke_S[i] for i in range(n_blocks)]
+        if sliding:
+            in_conv = [None if is_attn[i] else woke[i].conv for i in range(n_blocks)]
+            in_kv = [
+                model.blocks[i].mixer.shift_cache(woke[i], keep=window - 1, shift=window)
+                if is_attn[i]
+                else None
+                for i in range(n_blocks)
+            ]
     raise AssertionError("unreachable")
 
 

@@ -242,14 +242,15 @@ def test_pure_attention_under_hard_eviction_forgets_every_earlier_window(feed):
 
 # --- the independent Algorithm 1 --------------------------------------------------------------------------
 @pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
 @pytest.mark.parametrize("state_mode", ["accumulate", "restart"])
 @pytest.mark.parametrize("grad_passes", [None, 1, 2])
-def test_logits_and_gradients_match_an_independent_algorithm_1(rule, state_mode, grad_passes):
+def test_logits_and_gradients_match_an_independent_algorithm_1(rule, eviction, state_mode, grad_passes):
     model = make_model(rule)
     ids = random_ids(2, T - 1)
-    cfg = SleepConfig(passes=3, window=L, eviction="hard", state_mode=state_mode, grad_passes=grad_passes)
+    cfg = SleepConfig(passes=3, window=L, eviction=eviction, state_mode=state_mode, grad_passes=grad_passes)
     got, state = run_windows(model, ids, cfg)
-    expected, S = reference_run(model, ids, 3, L, state_mode, grad_passes)
+    expected, S = reference_run(model, ids, 3, L, state_mode, grad_passes, eviction)
     torch.testing.assert_close(got, expected, **EXACT)
     for i, s in fast_weights_of(state).items():
         torch.testing.assert_close(s, S[i], **EXACT)
@@ -304,20 +305,29 @@ def test_loop_slice_reruns_only_its_blocks(rule):
         assert (b[1] - a[1]).abs().max() > 1e-3
     expected, _ = reference_run(model, ids, 3, L)
     torch.testing.assert_close(got, expected, **EXACT)
+    rec = Recorder()
+    got, _ = run_windows(model, ids, SleepConfig(passes=3, window=L, eviction="sliding"), hooks=rec)
+    expected, _ = reference_run(model, ids, 3, L, eviction="sliding")
+    torch.testing.assert_close(got, expected, **EXACT)
+    for woke, slept in zip(rec.wake_states, rec.sleep_states, strict=False):
+        for i in (0, 3):  # outside the loop, the conv tails stay the wake pass's too
+            torch.testing.assert_close(slept.layers[i].conv, woke.layers[i].conv, atol=0.0, rtol=0.0)
     everything = make_model(rule, layout="ssm,ssm,attn,ssm", loop="all")
     assert (run_windows(everything, ids, SleepConfig(passes=3, window=L))[0] - got)[:, L:].abs().max() > 1e-3
 
 
 # --- gradient options -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("eviction", ["hard", "sliding"])
-def test_checkpointing_windows_gives_the_same_gradients_and_fires_hooks_once(rule, eviction):
+@pytest.mark.parametrize("eviction, grad_passes", [("hard", None), ("sliding", None), ("sliding", 1)])
+def test_checkpointing_windows_gives_the_same_gradients_and_fires_hooks_once(rule, eviction, grad_passes):
     model = make_model(rule)
     ids = random_ids(2, T - 1)
     results = []
     for checkpoint in (False, True):
         rec = Recorder()
-        cfg = SleepConfig(passes=3, window=L, eviction=eviction, checkpoint_windows=checkpoint)
+        cfg = SleepConfig(
+            passes=3, window=L, eviction=eviction, checkpoint_windows=checkpoint, grad_passes=grad_passes
+        )
         logits, _ = run_windows(model, ids, cfg, hooks=rec)
         grads = param_grads(model, weighted_sum(logits))  # the backward recomputes the checkpointed windows
         results.append((logits, grads, rec.events))
