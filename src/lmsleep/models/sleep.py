@@ -208,6 +208,8 @@ def run_windows(
 ) -> tuple[torch.Tensor, ModelState]:
     """Generalised Algorithm 1 over ``input_ids [B, T]``; returns wake logits ``[B, T, V]`` and the final state."""
     B, T = input_ids.shape
+    if T == 0:
+        raise ValueError(f"run_windows needs at least one token, got input_ids of shape {tuple(input_ids.shape)}")
     state = model.init_state(B) if state is None else state
     if state.pos != 0:
         raise ValueError(

@@ -58,6 +58,8 @@ class Stream:
             raise ValueError(f"feed expects tokens [batch={self.batch_size}, T], got shape {tuple(tokens.shape)}")
         device = next(self.model.parameters()).device
         tokens = tokens.to(device)
+        if tokens.shape[1] == 0:  # an empty chunk (e.g. from a tokenizer): nothing happens
+            return self.model.output(self.model.embed(tokens))
         outputs, i = [], 0
         while i < tokens.shape[1]:
             room = tokens.shape[1] - i if self.window is None else self.window - self.state.pos
@@ -93,6 +95,8 @@ class Stream:
         (optionally from the ``top_k`` most likely tokens). Returns the new tokens ``[B, max_new_tokens]``."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if torch.as_tensor(prompt).shape[-1] == 0:
+            raise ValueError("generate needs a prompt of at least one token (its last logits pick the first new one)")
         logits = self.feed(prompt)[:, -1]
         out = []
         for _ in range(max_new_tokens):
