@@ -37,6 +37,7 @@ def make_model(
     vocab: int = VOCAB,
     dtype: torch.dtype = torch.float64,
     strong: bool = True,
+    **ssm: Any,
 ) -> HybridLM:
     """A tiny HybridLM in eval mode. ``strong`` re-initialises it so that every mechanism visibly matters
     (the default init, std 0.02 and Mamba-2's tiny dt, leaves logits nearly constant): unit-variance
@@ -49,7 +50,7 @@ def make_model(
         heads=2,
         mlp_ratio=2,
         loop=loop,
-        ssm=dict(rule=rule, heads=2, head_dim=dim // 2, conv_size=3),
+        ssm={"rule": rule, "heads": 2, "head_dim": dim // 2, "conv_size": 3, **ssm},
     )
     if strong:
         gen = torch.Generator().manual_seed(seed + 1000)

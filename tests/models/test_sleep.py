@@ -66,6 +66,13 @@ def test_sleep_config_defaults_and_sliding_span():
     assert SleepConfig(**cfg.to_dict()) == cfg
 
 
+def test_run_windows_needs_tokens():
+    with pytest.raises(
+        ValueError, match=r"run_windows needs at least one token, got input_ids of shape \(2, 0\)"
+    ):
+        make_model()(random_ids(2, 0), SleepConfig(window=L))
+
+
 def test_run_windows_must_start_at_a_window_boundary():
     model = make_model()
     _, state = model(random_ids(1, 3), SleepConfig(window=L))  # 3 tokens into a window

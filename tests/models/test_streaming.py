@@ -42,6 +42,20 @@ def test_stream_logits_equal_the_training_forward(rule, eviction, passes):
     torch.testing.assert_close(chunked, expected, **EXACT)
 
 
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("eviction", ["hard", "sliding"])
+def test_stream_equals_the_chunked_training_forward(rule, eviction):
+    """Windows of 12 tokens run the chunked fast-weight backend in training (3 chunks of 4 here), while a
+    token-by-token stream runs the recurrent one: the same numbers up to float64 rounding."""
+    model = make_model(rule, chunk_size=4)
+    assert model.blocks[1].mixer.recurrent_below <= 12
+    cfg = SleepConfig(passes=3, window=12, eviction=eviction)
+    ids = random_ids(2, 40)
+    expected, _ = model(ids, cfg)
+    streamed = feed_in(Stream(model, cfg, batch_size=2), ids, list(range(1, 40)))
+    torch.testing.assert_close(streamed, expected, **EXACT)
+
+
 def test_stream_of_one_sequence_takes_1d_tokens_and_rejects_bad_shapes():
     model = make_model()
     cfg = SleepConfig(passes=2, window=L)
@@ -138,6 +152,20 @@ def test_generate_argument_edges():
     assert empty.shape == (2, 0) and stream.tokens_seen == 3
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
         stream.generate(random_ids(2, 3), -1)
+    with pytest.raises(ValueError, match="generate needs a prompt of at least one token"):
+        stream.generate(random_ids(2, 0), 2)
+
+
+def test_an_empty_chunk_changes_nothing():
+    model = make_model()
+    cfg = SleepConfig(passes=2, window=L)
+    ids = random_ids(2, 2 * L)
+    stream = Stream(model, cfg, batch_size=2)
+    first = stream.feed(ids[:, :L])  # ends on a boundary: the next feed starts a window
+    none = stream.feed(ids[:, :0])
+    assert none.shape == (2, 0, 13) and none.dtype == first.dtype and stream.tokens_seen == L
+    rest = stream.feed(ids[:, L:])
+    torch.testing.assert_close(torch.cat([first, none, rest], dim=1), model(ids, cfg)[0], **EXACT)
 
 
 # --- long streams -----------------------------------------------------------------------------------------
