@@ -298,3 +298,19 @@ def test_resume_continues_with_the_schedule_in_force(staged_run, tmp_path):
         torch.testing.assert_close(
             value, staged_run.recorder.steps[2]["params_before"][name], atol=0.0, rtol=0.0
         )
+
+
+def test_resume_without_a_schedule_keeps_the_checkpoint_sleep_settings(tmp_path):
+    """LitLM restores the sleep settings a fit had (a schedule may have set them) when the fit resumes."""
+    _fit(tmp_path / "first", "callbacks.sleep_schedule.mode=constant", f"trainer.max_steps={2}")
+    ckpt = tmp_path / "first" / "checkpoints" / "step_2.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["sleep_config"]["passes"] == 2
+    _, objects, recorder = _fit(
+        tmp_path / "second",
+        "callbacks.sleep_schedule.mode=constant",
+        "model.sleep.passes=3",
+        f"ckpt_path={ckpt}",
+    )
+    assert sorted(recorder.steps) == [2, 3, 4]
+    assert all(r["passes"] == 2 and r["passes_run"] == WINDOWS - 1 for r in recorder.steps.values())
+    assert all(flags == {True} for r in recorder.steps.values() for flags in r["groups"].values())
