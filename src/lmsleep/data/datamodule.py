@@ -7,8 +7,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
+from lmsleep.data.resumable import ResumableDataLoader, SkippingBatchSampler
 from lmsleep.data.task import IGNORE_INDEX, Task
 
 
@@ -55,7 +56,8 @@ class TaskDataModule(L.LightningDataModule):
 
     The training set is ``train_size`` fresh samples per epoch: epoch ``e`` reads indices
     ``e * train_size ...`` (requires ``reload_dataloaders_every_n_epochs=1``, set by our trainer configs),
-    so a long run never repeats a training sample, and a resumed run continues where it stopped.
+    so a long run never repeats a training sample; a run resumed from a mid-epoch checkpoint continues with
+    the batch it would have seen next (:class:`ResumableDataLoader`).
 
     Args:
         task: the task (instantiated by Hydra from ``data.task``).
@@ -88,19 +90,24 @@ class TaskDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return self.task.vocab_size
 
-    def _loader(self, split: str, offset: int = 0, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         return DataLoader(
-            TaskDataset(self.task, split, self.sizes[split], offset),
+            TaskDataset(self.task, split, self.sizes[split]),
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
-            persistent_workers=False,
             collate_fn=partial(collate, pad_id=self.task.vocab.pad_id),
         )
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if (self.trainer is not None and self.fresh_train_samples) else 0
-        return self._loader("train", offset=epoch * self.sizes["train"], shuffle=False)
+        dataset = TaskDataset(self.task, "train", self.sizes["train"], offset=epoch * self.sizes["train"])
+        # Resumable mid-epoch: Lightning saves how many batches were handed out and the sampler skips them.
+        return ResumableDataLoader(
+            dataset,
+            batch_sampler=SkippingBatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=False),
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_id=self.task.vocab.pad_id),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
