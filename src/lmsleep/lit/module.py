@@ -40,6 +40,7 @@ class LitLM(L.LightningModule, SleepHooks):
         self.sleep = SleepConfig(**dict(sleep or {}))
         self.optim_cfg = OptimConfig(**dict(optim or {}))
         self.val_metrics, self.test_metrics = AnswerMetrics(depth_name), AnswerMetrics(depth_name)
+        self._total_steps = 1  # of the cosine schedule; set when training starts
 
     # --- forward and hooks ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, state: ModelState | None = None) -> tuple[torch.Tensor, ModelState]:
@@ -125,10 +126,14 @@ class LitLM(L.LightningModule, SleepHooks):
     # --- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizers = build_optimizers(self.net, self.optim_cfg)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        factor = warmup_cosine(total, self.optim_cfg.warmup_steps, self.optim_cfg.min_lr_ratio)
+        # The total is read when training starts: asking Lightning for it here would build the training
+        # loader before a resumed run restores the loader's position.
+        factor = warmup_cosine(lambda: self._total_steps, self.optim_cfg.warmup_steps, self.optim_cfg.min_lr_ratio)
         schedulers = [{"scheduler": LambdaLR(opt, factor), "interval": "step"} for opt in optimizers]
         return optimizers, schedulers
+
+    def on_train_start(self) -> None:
+        self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

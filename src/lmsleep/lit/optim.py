@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -74,13 +75,15 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     return opts
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
-    """Multiplier of the peak rate at a step: linear warm-up, then cosine to ``min_lr_ratio``."""
+def warmup_cosine(total_steps: int | Callable[[], int], warmup_steps: int, min_lr_ratio: float):
+    """Multiplier of the peak rate at a step: linear warm-up, then cosine to ``min_lr_ratio`` at ``total_steps``
+    (an int, or a function read at every step, so the total can be known only once training starts)."""
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        total = total_steps() if callable(total_steps) else total_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
