@@ -179,11 +179,6 @@ class _GradNorm(L.Callback):
         self.norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lit/module.py clips each optimiser's gradients separately (Muon's and AdamW's each to grad_clip), "
-    "so the global norm after clipping is up to sqrt(2) * grad_clip; OptimConfig documents a global clip",
-)
 def test_grad_clip_is_global(compose, tiny, tmp_path, one_thread):
     cfg = compose(["debug=fdr", *tiny, "model.optim.grad_clip=0.001"], output_dir=tmp_path / "run")
     datamodule, model = build_data_and_model(cfg)
