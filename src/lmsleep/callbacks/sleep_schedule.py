@@ -45,7 +45,8 @@ class SleepSchedule(Callback):
         ``ramp``: ``passes`` goes linearly from ``start`` to ``end`` between ``begin`` and ``until``
             (rounded to an int), other ``settings`` constant.
         ``stages``: a list of ``{at: <step or epoch>, <setting>: value, train: [groups], freeze: [groups]}``;
-            each stage holds from its ``at`` until the next. Groups are ``embed, head, norm, attn, ssm, mlp,
+            each stage holds from its ``at`` until the next, and a setting it names holds until a later stage
+            names it again. Groups are ``embed, head, norm, attn, ssm, mlp,
             all`` or fnmatch patterns on parameter names. The paper's recipe: an SSM-only warm-up under hard
             eviction (``{at: 0, eviction: hard, train: [ssm]}``), then the full model (``{at: 2000, train: [all]}``).
 
@@ -108,7 +109,8 @@ class SleepSchedule(Callback):
             return settings, None
         if self.mode == "stages":
             index = max((i for i, s in enumerate(self.stages) if int(s.get("at", 0)) <= t), default=0)
-            settings.update({k: v for k, v in self.stages[index].items() if k in SETTINGS})
+            for stage in self.stages[: index + 1]:  # a setting holds until a later stage changes it
+                settings.update({k: v for k, v in stage.items() if k in SETTINGS})
             return settings, index
         return settings, None
 
