@@ -51,9 +51,10 @@ def test_stage_schedule_holds_each_stage_from_its_step():
     )
     assert schedule.at(0) == ({"window": 8, "passes": 1, "eviction": "hard"}, 0)
     assert schedule.at(2) == ({"window": 8, "passes": 1, "eviction": "hard"}, 0)
-    assert schedule.at(3) == ({"window": 8, "passes": 2}, 1)
-    assert schedule.at(9) == ({"window": 8, "passes": 2}, 1)
-    assert schedule.at(10) == ({"window": 8, "passes": 4}, 2)
+    # Settings are cumulative: eviction set by stage 0 holds until a later stage names it.
+    assert schedule.at(3) == ({"window": 8, "passes": 2, "eviction": "hard"}, 1)
+    assert schedule.at(9) == ({"window": 8, "passes": 2, "eviction": "hard"}, 1)
+    assert schedule.at(10) == ({"window": 8, "passes": 4, "eviction": "hard"}, 2)
     assert schedule.at(10**6)[1] == 2
 
 
