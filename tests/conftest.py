@@ -7,6 +7,7 @@ other work, torch's intra-op threads make these tiny matmuls 10x slower, not fas
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -105,12 +106,31 @@ def cli_env() -> dict[str, str]:
 def run_cli(
     *args: str, cwd: Path, timeout: float = 180, console_script: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run ``lmsleep ARGS`` in a subprocess (``python -m lmsleep``, or the installed ``lmsleep`` script)."""
+    """Run ``lmsleep ARGS`` in a subprocess (``python -m lmsleep``, or the installed ``lmsleep`` script).
+
+    The command runs in its own session; on timeout the whole group (DDP ranks included) is killed and the
+    output so far is returned with return code -9 and a last line saying so.
+    """
     script = Path(sys.executable).parent / "lmsleep"
     command = [str(script)] if console_script and script.exists() else [sys.executable, "-m", "lmsleep"]
-    return subprocess.run(
-        [*command, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    command += list(args)
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        stderr += f"\n[run_cli] killed after {timeout} s: {' '.join(command)}\n"
+        return subprocess.CompletedProcess(command, -9, stdout, stderr)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="session")

@@ -31,12 +31,22 @@ OVERRIDES = [
 TEST_KEYS = ("test/acc", "test/acc_exact", "test/loss")
 
 
+def run_ddp(cli, root, overrides, console_script):
+    """The run normally takes ~7 s. Once in about 25 runs on a busy shared 2-core machine the two ranks of
+    a run stalled until the timeout (cause not found); such a run (killed, status -9) is retried once."""
+    for attempt in range(2):
+        cwd = root / f"attempt{attempt}"
+        cwd.mkdir()
+        args = [*overrides, f"paths.log_dir={cwd}/logs"]
+        result = cli("fit", *args, cwd=cwd, timeout=120, console_script=console_script)
+        if result.returncode != -9:
+            break
+    return cwd, args, result
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, cli):
-    root = tmp_path_factory.mktemp("ddp")
-    overrides = [*OVERRIDES, f"paths.log_dir={root}/logs"]
-    result = cli("fit", *overrides, cwd=root, timeout=300, console_script=True)
-    return root, overrides, result
+    return run_ddp(cli, tmp_path_factory.mktemp("ddp"), OVERRIDES, console_script=True)
 
 
 def test_both_ranks_train_and_the_run_finishes(ddp_run):
@@ -78,10 +88,10 @@ def test_ranks_split_the_data_and_metrics_are_reduced(ddp_run, compose, tmp_path
 
 def test_ddp_through_python_dash_m(tmp_path, cli):
     """`python -m lmsleep fit ...` starts rank 1 as `python -m lmsleep.__main__ ...`: it must find the command."""
-    overrides = [*OVERRIDES, "trainer.limit_train_batches=1", "test=false", f"paths.log_dir={tmp_path}/logs"]
-    result = cli("fit", *overrides, cwd=tmp_path, timeout=300, console_script=False)
+    overrides = [*OVERRIDES, "trainer.limit_train_batches=1", "test=false"]
+    cwd, _, result = run_ddp(cli, tmp_path, overrides, console_script=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
-    (run,) = (tmp_path / "logs" / "fit" / "runs").iterdir()
+    (run,) = (cwd / "logs" / "fit" / "runs").iterdir()
     assert (run / "train_ddp_process_1.log").is_file()
