@@ -167,7 +167,7 @@ def gated_delta_rule_chunked(
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    C = chunk_size
+    C = min(chunk_size, T)  # a sequence shorter than a chunk is one chunk: no padded C x C work
     n = -(-T // C)
     pad = n * C - T
     cdt, out_dtype = compute_dtype(q, k, v, g, beta), v.dtype

@@ -154,7 +154,7 @@ def ssd_chunked(
     b, T, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     R = H // G
-    L = chunk_size
+    L = min(chunk_size, T)  # a sequence shorter than a chunk is one chunk: no padded L x L work
     n = -(-T // L)
     pad = n * L - T
     cdt = compute_dtype(x, dt, A, B, C)
