@@ -160,11 +160,13 @@ def test_cli_prints_the_composed_config(cli, tmp_path):
     assert not list(tmp_path.iterdir())  # printing the config runs nothing
 
 
-def test_cli_multirun(cli, tmp_path):
+@pytest.mark.parametrize("flag_last", [False, True], ids=["m-first", "m-after-overrides"])
+def test_cli_multirun(cli, tmp_path, flag_last):
+    # `lmsleep fit debug=fdr -m seed=0,1` works as well as `lmsleep fit -m debug=fdr seed=0,1`.
+    first = ["debug=fdr", "-m"] if flag_last else ["-m", "debug=fdr"]
     result = cli(
         "fit",
-        "-m",
-        "debug=fdr",
+        *first,
         "seed=0,1",
         "model.net.dim=16",
         f"paths.log_dir={tmp_path}/logs",

@@ -100,7 +100,10 @@ def _with_checkpoint_overrides(args: list[str]) -> list[str]:
 def _run(config_name: str, task, args: list[str], command: str) -> None:
     # argv[0] stays the real program so that DDP ranks > 0 can be started from it (see COMMAND_ENV).
     os.environ[COMMAND_ENV] = command
-    sys.argv = [sys.argv[0], *args]
+    # Hydra's parser stops reading overrides at a flag, so `fit experiment=x -m a=1,2` would lose `a`:
+    # flags go first, wherever the user put them.
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    sys.argv = [sys.argv[0], *flags, *(a for a in args if a not in flags)]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)()
 
 
