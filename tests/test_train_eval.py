@@ -108,7 +108,7 @@ def test_cli_test_reapplies_the_training_overrides(fitted, cli, tmp_path):
         "test", f"ckpt_path={last}", f"paths.log_dir={tmp_path}/logs", "data.batch_size=2", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (tmp_path / "logs" / "test" / "runs").iterdir()
+    (run,) = (tmp_path / "logs" / "test" / "tests").iterdir()
     composed = OmegaConf.load(run / ".hydra" / "config.yaml")
     assert composed.data.task.width == 6  # from the checkpoint, not passed again
     assert composed.data.test_size == 8 and composed.model.net.dim == 16
