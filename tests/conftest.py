@@ -137,3 +137,25 @@ def run_cli(
 def cli():
     """``cli(*args, cwd=..., timeout=180, console_script=False)``: see :func:`run_cli`."""
     return run_cli
+
+
+def check_disjoint_splits(task, n: int) -> dict[str, set[str]]:
+    """Draw ``n`` samples of each split; assert no problem key is in two splits and every sample's key hashes
+    to its own split. Returns the keys found per split."""
+    found: dict[str, set[str]] = {}
+    for split in ("train", "val", "test"):
+        found[split] = set()
+        for i in range(n):
+            problem = task.sample(split, i)
+            assert task.split_of(problem) == split
+            found[split].add(task.key(problem))
+    assert not found["train"] & found["val"]
+    assert not found["train"] & found["test"]
+    assert not found["val"] & found["test"]
+    return found
+
+
+@pytest.fixture(scope="session")
+def disjoint_splits():
+    """``disjoint_splits(task, n)``: see :func:`check_disjoint_splits`."""
+    return check_disjoint_splits

@@ -46,30 +46,17 @@ def test_same_seed_same_samples_different_seed_different(name):
 
 
 @pytest.mark.parametrize("name", DATA_CONFIGS)
-def test_splits_are_disjoint(name):
-    task = task_from_config(name)
-    split_keys = {split: set(keys(task, split, range(200))) for split in ("train", "val", "test")}
-    assert not split_keys["train"] & split_keys["val"]
-    assert not split_keys["train"] & split_keys["test"]
-    assert not split_keys["val"] & split_keys["test"]
+def test_splits_are_disjoint(name, disjoint_splits):
+    disjoint_splits(task_from_config(name), 200)
 
 
-def test_splits_are_disjoint_in_a_small_problem_space():
+def test_splits_are_disjoint_in_a_small_problem_space(disjoint_splits):
     """512 problems in all: thousands of draws cover almost all of each split's share, and still no key is in
     two splits, and every sample's key hashes to its own split."""
     task = Rule110Task(width=4, num_states=2, steps=[0, 1], seed=5)
-    samples = {"train": 3000, "val": 1000, "test": 1000}
-    found = {}
-    for split, n in samples.items():
-        found[split] = set()
-        for i in range(n):
-            problem = task.sample(split, i)
-            assert task.split_of(problem) == split
-            found[split].add(task.key(problem))
+    found = disjoint_splits(task, 1000)
     assert len(found["train"]) > 300  # covers most of the ~460 train problems: collisions were possible
     assert len(found["val"]) > 10 and len(found["test"]) > 10
-    assert not found["train"] & found["val"] and not found["train"] & found["test"]
-    assert not found["val"] & found["test"]
     assert len(found["train"] | found["val"] | found["test"]) <= 512
 
 

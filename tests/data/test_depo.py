@@ -129,18 +129,9 @@ def test_deterministic_in_seed_split_index():
     assert a.sample("train", 7)["edges"] != a.sample("train", 8)["edges"]
 
 
-def test_splits_are_disjoint():
+def test_splits_are_disjoint(disjoint_splits):
     task = DepoTask(min_nodes=2, max_nodes=4, num_queries=1, query_tokens=6, hops=[1, 2])
-    keys = {
-        split: {task.key(task.sample(split, i)) for i in range(300)} for split in ("train", "val", "test")
-    }
-    assert (
-        not keys["train"] & keys["val"]
-        and not keys["train"] & keys["test"]
-        and not keys["val"] & keys["test"]
-    )
-    for split in keys:
-        assert all(task.split_of(task.sample(split, i)) == split for i in range(20))
+    disjoint_splits(task, 300)
 
 
 @pytest.mark.parametrize(

@@ -141,18 +141,9 @@ def test_deterministic_in_seed_split_index():
     assert a.sample("val", 5)["context"] != a.sample("val", 6)["context"]
 
 
-def test_splits_are_disjoint():
+def test_splits_are_disjoint(disjoint_splits):
     task = GSMInfTask(ops=1, context_tokens=[49, 60], num_values=5, domains=["cinema"])
-    keys = {
-        split: {task.key(task.sample(split, i)) for i in range(200)} for split in ("train", "val", "test")
-    }
-    assert (
-        not keys["train"] & keys["val"]
-        and not keys["train"] & keys["test"]
-        and not keys["val"] & keys["test"]
-    )
-    for split in keys:
-        assert all(task.split_of(task.sample(split, i)) == split for i in range(20))
+    disjoint_splits(task, 200)
 
 
 @pytest.mark.parametrize(
