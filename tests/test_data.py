@@ -27,10 +27,6 @@ def task_from_config(name: str, seed: int = 0):
     return instantiate(conf.task)
 
 
-def keys(task, split: str, indices) -> list[str]:
-    return [task.key(task.sample(split, i)) for i in indices]
-
-
 # --- determinism ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", DATA_CONFIGS)
 def test_same_seed_same_samples_different_seed_different(name):

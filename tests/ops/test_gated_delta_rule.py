@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from lmsleep.ops import gated_delta_rule
+from lmsleep.ops.backend import kernel_available
 from lmsleep.ops.gated_delta_rule import gated_delta_rule_chunked, gated_delta_rule_recurrent
 
 ARGS = ("q", "k", "v", "g", "beta")
@@ -173,18 +172,8 @@ def test_torch_backends_are_exposed_directly(make_gdr):
     torch.testing.assert_close(o1, o2, atol=1e-10, rtol=0)
 
 
-def _fla_available() -> bool:
-    if not torch.cuda.is_available() or importlib.util.find_spec("fla") is None:
-        return False
-    try:
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _fla_available(), reason="needs CUDA and flash-linear-attention")
+@pytest.mark.skipif(not kernel_available("gated_delta_rule"), reason="needs CUDA and flash-linear-attention")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("T", [63, 256])
 def test_fla_kernel_matches_chunked(dtype, tol, T, make_gdr, grads_of):

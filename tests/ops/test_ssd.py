@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from lmsleep.ops import ssd
+from lmsleep.ops.backend import kernel_available
 from lmsleep.ops.ssd import ssd_chunked, ssd_recurrent
 
 ARGS = ("x", "dt", "A", "B", "C")
@@ -157,18 +156,8 @@ def test_bad_shapes_raise_clear_errors(mutate, match, make_ssd):
         run(inputs, "chunked")
 
 
-def _mamba_available() -> bool:
-    if not torch.cuda.is_available() or importlib.util.find_spec("mamba_ssm") is None:
-        return False
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _mamba_available(), reason="needs CUDA and mamba-ssm")
+@pytest.mark.skipif(not kernel_available("ssd"), reason="needs CUDA and mamba-ssm")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("T", [63, 256])
 def test_mamba_kernel_matches_chunked(dtype, tol, T, make_ssd, grads_of):

@@ -81,6 +81,11 @@ def load_kernel(op: str) -> Callable:
     return fn
 
 
+def kernel_available(op: str) -> bool:
+    """Whether ``op``'s GPU kernel can run here: CUDA is present and the kernel package imports."""
+    return torch.cuda.is_available() and not isinstance(_import_kernel(KERNELS[op]), BaseException)
+
+
 def resolve_backend(op: str, backend: str, device: torch.device) -> str:
     """Turn ``backend`` (``"auto"``, a torch backend or ``op``'s kernel name) into the one to run.
 
