@@ -1,0 +1,22 @@
+"""The notebooks' code cells run top to bottom (without Jupyter: cells are executed as one script)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, capsys):
+    cells = json.loads(path.read_text())["cells"]
+    source = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    exec(compile(source, str(path), "exec"), {"__name__": "__notebook__"})
+    assert capsys.readouterr().out.strip(), f"{path.name} printed nothing"
+
+
+def test_there_is_a_notebook():
+    assert NOTEBOOKS, "notebooks/ holds no .ipynb"
