@@ -93,7 +93,9 @@ def training_rows(args) -> list[dict]:
     model = build(args, "attn,ssm,attn,ssm").train()
     ids = torch.randint(1, args.vocab, (args.batch, args.train_len))
     rows = []
-    print(f"\ntraining step (batch {args.batch} x {args.train_len} tokens, L = {args.window}) and one sleep, against N")
+    print(
+        f"\ntraining step (batch {args.batch} x {args.train_len} tokens, L = {args.window}) and one sleep, against N"
+    )
     print(f"{'N':>3} {'step_ms':>9} {'x N=1':>7} {'sleep_ms':>9} {'x N=2':>7}")
     base_step = base_sleep = None
     for n in args.passes:
@@ -117,7 +119,10 @@ def training_rows(args) -> list[dict]:
             base_sleep = sleep_s
         rel_sleep = sleep_s / base_sleep if base_sleep else float("nan")
         rows.append({"passes": n, "step_ms": 1e3 * step, "sleep_ms": 1e3 * sleep_s})
-        print(f"{n:>3} {1e3 * step:>9.1f} {step / base_step:>7.2f} {1e3 * sleep_s:>9.2f} {rel_sleep:>7.2f}", flush=True)
+        print(
+            f"{n:>3} {1e3 * step:>9.1f} {step / base_step:>7.2f} {1e3 * sleep_s:>9.2f} {rel_sleep:>7.2f}",
+            flush=True,
+        )
     return rows
 
 
@@ -141,11 +146,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [1024, 8192] if args.quick else args.lengths
-    print(f"streaming decode, d = {args.dim}, L = {args.window}, rule {args.rule}, torch threads {torch.get_num_threads()}")
-    print(f"{'model':<22} {'length':>7} {'wake_p50':>9} {'wake_mean':>9} {'sleep_ms':>9} {'kv_tok':>8} {'kv_MiB':>8}")
+    print(
+        f"streaming decode, d = {args.dim}, L = {args.window}, rule {args.rule}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'model':<22} {'length':>7} {'wake_p50':>9} {'wake_mean':>9} {'sleep_ms':>9} {'kv_tok':>8} {'kv_MiB':>8}"
+    )
     models = [
-        ("hybrid N=1", build(args, "attn,ssm,attn,ssm"), SleepConfig(passes=1, window=args.window, eviction="hard")),
-        ("hybrid N=4", build(args, "attn,ssm,attn,ssm"), SleepConfig(passes=4, window=args.window, eviction="hard")),
+        (
+            "hybrid N=1",
+            build(args, "attn,ssm,attn,ssm"),
+            SleepConfig(passes=1, window=args.window, eviction="hard"),
+        ),
+        (
+            "hybrid N=4",
+            build(args, "attn,ssm,attn,ssm"),
+            SleepConfig(passes=4, window=args.window, eviction="hard"),
+        ),
         ("transformer (full)", build(args, "attn,attn,attn,attn"), SleepConfig(eviction="none")),
     ]
     stream_results = []
@@ -156,7 +173,9 @@ def main() -> None:
     train_results = training_rows(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "stream": stream_results, "training": train_results}, indent=2))
+    out.write_text(
+        json.dumps({"args": vars(args), "stream": stream_results, "training": train_results}, indent=2)
+    )
     print(f"\nwrote {out}")
 
 

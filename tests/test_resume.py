@@ -35,7 +35,9 @@ def _run(compose, tiny, out, ckpt_path=None):
 
 def test_mid_epoch_resume_sees_the_same_batches(compose, tiny, tmp_path, one_thread):
     full = _run(compose, tiny, tmp_path / "full")
-    resumed = _run(compose, tiny, tmp_path / "resumed", ckpt_path=tmp_path / "full" / "ckpt" / "at_step_step=2.ckpt")
+    resumed = _run(
+        compose, tiny, tmp_path / "resumed", ckpt_path=tmp_path / "full" / "ckpt" / "at_step_step=2.ckpt"
+    )
     assert full.keys() == resumed.keys()
     for name in full:
         torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=0, msg=name)

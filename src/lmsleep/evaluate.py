@@ -18,7 +18,9 @@ log = logging.getLogger("lmsleep")
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Test ``cfg.ckpt_path`` with the data and model of ``cfg``; returns the ``test/...`` metrics."""
     if not cfg.get("ckpt_path"):
-        raise ConfigError("ckpt_path is required: `lmsleep test ckpt_path=logs/fit/runs/<run>/checkpoints/last.ckpt`")
+        raise ConfigError(
+            "ckpt_path is required: `lmsleep test ckpt_path=logs/fit/runs/<run>/checkpoints/last.ckpt`"
+        )
     check_checkpoint(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)

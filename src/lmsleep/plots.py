@@ -45,11 +45,16 @@ def rule110_figure(samples: Sequence[dict[str, Any]], predictions: Sequence[Sequ
             ax.imshow(rows, cmap="Greys", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
             right = pred[col] == sample["answer"][col]
             t = sample["steps"]
-            ax.add_patch(Rectangle((-0.5, t - 0.5), 1, 1, fill=False, lw=2.5, ec="tab:green" if right else "tab:red"))
+            ax.add_patch(
+                Rectangle((-0.5, t - 0.5), 1, 1, fill=False, lw=2.5, ec="tab:green" if right else "tab:red")
+            )
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"Q{col}: true {sample['answer'][col]} pred {pred[col] if pred[col] >= 0 else '?'}", fontsize=8,
-                         color="black" if right else "tab:red")
+            ax.set_title(
+                f"Q{col}: true {sample['answer'][col]} pred {pred[col] if pred[col] >= 0 else '?'}",
+                fontsize=8,
+                color="black" if right else "tab:red",
+            )
             if col == 0:
                 ax.set_ylabel(f"t={t}", fontsize=8)
     fig.suptitle("Rule 110 rollouts (rows: steps; outlined: the answer cell)", fontsize=9)

@@ -51,7 +51,9 @@ class SleepMonitor(Callback):
         blocks = getattr(pl_module.net, "blocks", [])
         return {i: b.mixer for i, b in enumerate(blocks) if isinstance(b.mixer, FastWeightMixer)}
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self.active = trainer.is_global_zero and trainer.global_step % self.every_n_steps == 0
         # the step this batch is logged under (global_step has moved on by the batch's end)
         self.step = trainer.global_step
@@ -60,15 +62,21 @@ class SleepMonitor(Callback):
             mixer.record_gates = self.active
 
     # --- hooks from LitLM (wake/sleep phases) -----------------------------------------------------------
-    def on_wake_end(self, trainer: L.Trainer, pl_module: L.LightningModule, window: int, state: ModelState) -> None:
+    def on_wake_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, window: int, state: ModelState
+    ) -> None:
         if self.active and pl_module.training:
             self.peak_kv = max(self.peak_kv, state.kv_length())
 
-    def on_sleep_start(self, trainer: L.Trainer, pl_module: L.LightningModule, window: int, passes: int) -> None:
+    def on_sleep_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, window: int, passes: int
+    ) -> None:
         if self.active and pl_module.training:
             self._t0 = time.perf_counter()
 
-    def on_sleep_pass(self, trainer, pl_module, window: int, pass_index: int, before: ModelState, after: ModelState) -> None:
+    def on_sleep_pass(
+        self, trainer, pl_module, window: int, pass_index: int, before: ModelState, after: ModelState
+    ) -> None:
         if not (self.active and pl_module.training):
             return
         b, a = _fast_weights(before), _fast_weights(after)
@@ -89,7 +97,9 @@ class SleepMonitor(Callback):
             self.norms = {i: float(S.flatten(1).norm(dim=1).mean()) for i, S in _fast_weights(state).items()}
 
     # --- write ------------------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
         if not self.active:
             return
         writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
@@ -108,11 +118,16 @@ class SleepMonitor(Callback):
             scalars["sleep_monitor/seconds_per_sleep"] = self.seconds / self.sleeps
         scalars.update({f"sleep_monitor/fast_weight_norm/layer{i}": v for i, v in self.norms.items()})
         scalars.update(
-            {f"sleep_monitor/rel_change/layer{i}/pass{p}": sum(v) / len(v) for (i, p), v in self.rel_change.items()}
+            {
+                f"sleep_monitor/rel_change/layer{i}/pass{p}": sum(v) / len(v)
+                for (i, p), v in self.rel_change.items()
+            }
         )
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, step)
         for i, mixer in mixers.items():
             for name, values in mixer.last_gates.items():
-                writer.add_histogram(f"sleep_monitor/gates/layer{i}/{name}", values.float().flatten().cpu(), step)
+                writer.add_histogram(
+                    f"sleep_monitor/gates/layer{i}/{name}", values.float().flatten().cpu(), step
+                )
             mixer.last_gates = {}

@@ -80,7 +80,9 @@ class SleepSchedule(Callback):
         self.settings = self._check_settings(dict(settings or {}), "settings")
         self.start, self.end, self.begin, self.until = int(start), int(end), int(begin), int(until)
         if mode == "ramp" and (self.start < 1 or self.end < 1 or self.until <= self.begin):
-            raise ValueError(f"SleepSchedule ramp needs passes start, end >= 1 and until > begin, got {start, end, begin, until}")
+            raise ValueError(
+                f"SleepSchedule ramp needs passes start, end >= 1 and until > begin, got {start, end, begin, until}"
+            )
         self.stages = sorted((dict(s) for s in (stages or [])), key=lambda s: int(s.get("at", 0)))
         if mode == "stages":
             if not self.stages:
@@ -88,7 +90,9 @@ class SleepSchedule(Callback):
             for i, stage in enumerate(self.stages):
                 unknown = set(stage) - {"at", "train", "freeze", *SETTINGS}
                 if unknown:
-                    raise ValueError(f"stage {i} has unknown keys {sorted(unknown)}; allowed: at, train, freeze, {SETTINGS}")
+                    raise ValueError(
+                        f"stage {i} has unknown keys {sorted(unknown)}; allowed: at, train, freeze, {SETTINGS}"
+                    )
                 self._check_settings({k: v for k, v in stage.items() if k in SETTINGS}, f"stage {i}")
         self.applied: dict[str, Any] = {}
 
@@ -96,7 +100,9 @@ class SleepSchedule(Callback):
     def _check_settings(settings: dict[str, Any], where: str) -> dict[str, Any]:
         unknown = set(settings) - set(SETTINGS)
         if unknown:
-            raise ValueError(f"SleepSchedule {where} has unknown settings {sorted(unknown)}; allowed: {SETTINGS}")
+            raise ValueError(
+                f"SleepSchedule {where} has unknown settings {sorted(unknown)}; allowed: {SETTINGS}"
+            )
         SleepConfig(**{"passes": 1, "window": 1, **settings})  # validates values early
         return settings
 
@@ -146,7 +152,9 @@ class SleepSchedule(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._apply(trainer, pl_module)
         if self.applied.get("stage") is not None:
             pl_module.log("sleep/stage", float(self.applied["stage"]), on_step=True, on_epoch=False)

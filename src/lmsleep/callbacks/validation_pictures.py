@@ -36,12 +36,20 @@ class ValidationPictures(Callback):
 
         task = datamodule.task
         step = trainer.global_step
-        metrics = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics = {
+            k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
         for metric in ("acc", "acc_exact"):
-            writer.add_figure(f"pictures/{metric}_by_{task.depth_name}", depth_bar_figure(metrics, task.depth_name, metric), step)
+            writer.add_figure(
+                f"pictures/{metric}_by_{task.depth_name}",
+                depth_bar_figure(metrics, task.depth_name, metric),
+                step,
+            )
         if task.name == "rule110" and self.num_samples > 0:
             samples = [task.sample("val", i) for i in range(self.num_samples)]
-            writer.add_figure("pictures/rule110", rule110_figure(samples, self._answers(pl_module, samples, task)), step)
+            writer.add_figure(
+                "pictures/rule110", rule110_figure(samples, self._answers(pl_module, samples, task)), step
+            )
 
     @staticmethod
     @torch.no_grad()

@@ -7,4 +7,14 @@ from lmsleep.data.rule110 import Rule110Task
 from lmsleep.data.task import IGNORE_INDEX, Task
 from lmsleep.data.vocab import Vocab
 
-__all__ = ["IGNORE_INDEX", "DepoTask", "GSMInfTask", "Rule110Task", "Task", "TaskDataModule", "TaskDataset", "Vocab", "collate"]
+__all__ = [
+    "IGNORE_INDEX",
+    "DepoTask",
+    "GSMInfTask",
+    "Rule110Task",
+    "Task",
+    "TaskDataModule",
+    "TaskDataset",
+    "Vocab",
+    "collate",
+]

@@ -49,7 +49,9 @@ class Rule110Task(Task):
     name = "rule110"
     depth_name = "t"
 
-    def __init__(self, width: int = 8, num_states: int = 4, steps: Any = 1, window: int | None = None, seed: int = 0):
+    def __init__(
+        self, width: int = 8, num_states: int = 4, steps: Any = 1, window: int | None = None, seed: int = 0
+    ):
         if width < 3:  # before the window check: the window defaults to (and in configs follows) the width
             raise ValueError(f"rule110: state width W={width} is too small; Rule 110 needs W >= 3")
         window = width if window is None else window

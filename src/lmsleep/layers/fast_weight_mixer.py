@@ -45,7 +45,9 @@ class FastWeights:
         return FastWeights(self.S.detach(), None if self.conv is None else self.conv.detach())
 
     def to(self, *args, **kwargs) -> FastWeights:
-        return FastWeights(self.S.to(*args, **kwargs), None if self.conv is None else self.conv.to(*args, **kwargs))
+        return FastWeights(
+            self.S.to(*args, **kwargs), None if self.conv is None else self.conv.to(*args, **kwargs)
+        )
 
     def with_local_from(self, other: FastWeights | None) -> FastWeights:
         """These fast weights with ``other``'s window-local context (conv tail)."""
@@ -88,13 +90,19 @@ class FastWeightMixer(nn.Module):
             raise ValueError(f"fast-weight rule {rule!r} is not one of {RULES}")
         head_dim = head_dim or dim // heads
         if head_dim < 1 or conv_size < 1 or expand < 1:
-            raise ValueError(f"ssm head_dim={head_dim}, expand={expand} and conv_size={conv_size} must be >= 1")
+            raise ValueError(
+                f"ssm head_dim={head_dim}, expand={expand} and conv_size={conv_size} must be >= 1"
+            )
         self.rule, self.heads, self.key_dim, self.value_dim = rule, heads, head_dim, expand * head_dim
         self.backend, self.chunk_size, self.recurrent_below = backend, chunk_size, recurrent_below
         qk, v = heads * head_dim, heads * self.value_dim
         self.qkv = nn.Linear(dim, 2 * qk + v, bias=False)
         self.conv_size = conv_size
-        self.conv = nn.Conv1d(2 * qk + v, 2 * qk + v, conv_size, groups=2 * qk + v, bias=True) if conv_size > 1 else None
+        self.conv = (
+            nn.Conv1d(2 * qk + v, 2 * qk + v, conv_size, groups=2 * qk + v, bias=True)
+            if conv_size > 1
+            else None
+        )
         # Gate projections: b_t (write strength) and a_t (decay) per head, as the rule defines them.
         self.gate_a = nn.Linear(dim, heads, bias=False)
         self.gate_b = nn.Linear(dim, heads, bias=False) if rule == "gated_delta" else None
@@ -128,10 +136,14 @@ class FastWeightMixer(nn.Module):
         return y.transpose(1, 2), seq[:, :, -(self.conv_size - 1) :]
 
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> FastWeights:
-        shape = (self.key_dim, self.value_dim) if self.rule == "gated_delta" else (self.value_dim, self.key_dim)
+        shape = (
+            (self.key_dim, self.value_dim) if self.rule == "gated_delta" else (self.value_dim, self.key_dim)
+        )
         return FastWeights(torch.zeros(batch_size, self.heads, *shape, device=device))
 
-    def forward(self, x: torch.Tensor, state: FastWeights | None = None, **_: object) -> tuple[torch.Tensor, FastWeights]:
+    def forward(
+        self, x: torch.Tensor, state: FastWeights | None = None, **_: object
+    ) -> tuple[torch.Tensor, FastWeights]:
         B, T, _ = x.shape
         H, K, V = self.heads, self.key_dim, self.value_dim
         u, conv_tail = self._conv(self.qkv(x), None if state is None else state.conv)
@@ -143,17 +155,36 @@ class FastWeightMixer(nn.Module):
         if self.record_gates:
             self.last_gates = {"decay": log_a.detach().exp(), "write": b.detach()}
         S0 = None if state is None else state.S
-        backend = "recurrent" if (T < self.recurrent_below and self.backend == "auto" and not x.is_cuda) else self.backend
+        backend = (
+            "recurrent"
+            if (T < self.recurrent_below and self.backend == "auto" and not x.is_cuda)
+            else self.backend
+        )
         if self.rule == "gated_delta":
             o, S = gated_delta_rule(
-                q, k, v, log_a, b, scale=K**-0.5, initial_state=S0, output_final_state=True,
-                backend=backend, chunk_size=self.chunk_size,
+                q,
+                k,
+                v,
+                log_a,
+                b,
+                scale=K**-0.5,
+                initial_state=S0,
+                output_final_state=True,
+                backend=backend,
+                chunk_size=self.chunk_size,
             )
         else:
             # ssd's dt multiplies both the decay exponent and the write: dt * A = log a_t with A = -exp(A_log).
             o, S = ssd(
-                v, b, -torch.exp(self.A_log.to(b.dtype)), k, q * K**-0.5, initial_state=S0, output_final_state=True,
-                backend=backend, chunk_size=self.chunk_size,
+                v,
+                b,
+                -torch.exp(self.A_log.to(b.dtype)),
+                k,
+                q * K**-0.5,
+                initial_state=S0,
+                output_final_state=True,
+                backend=backend,
+                chunk_size=self.chunk_size,
             )
         o = self.out_norm(o.to(x.dtype)) * F.silu(self.out_gate(x)).view(B, T, H, V)
         return self.out(o.reshape(B, T, H * V)), FastWeights(S, conv_tail)

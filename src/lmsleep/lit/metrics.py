@@ -35,7 +35,9 @@ class AnswerMetrics(Metric):
         super().__init__(**kwargs)
         self.depth_name, self.max_depth = depth_name, max_depth
         for name in ("loss_sum", "tokens", "correct", "exact", "samples"):
-            self.add_state(name, default=torch.zeros(max_depth + 1, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                name, default=torch.zeros(max_depth + 1, dtype=torch.float64), dist_reduce_fx="sum"
+            )
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, depth: torch.Tensor | None = None) -> None:
         mask = labels != IGNORE_INDEX
@@ -44,7 +46,9 @@ class AnswerMetrics(Metric):
         if (depth < 0).any() or (depth > self.max_depth).any():
             raise ValueError(f"sample depth must lie in [0, {self.max_depth}], got {depth.tolist()}")
         safe = labels.masked_fill(~mask, 0)
-        token_loss = F.cross_entropy(logits.float().flatten(0, 1), safe.flatten(), reduction="none").view_as(labels)
+        token_loss = F.cross_entropy(logits.float().flatten(0, 1), safe.flatten(), reduction="none").view_as(
+            labels
+        )
         right = (logits.argmax(-1) == labels) & mask
         has_answer = mask.any(1)
         per_sample = {

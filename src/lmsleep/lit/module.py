@@ -31,8 +31,13 @@ class LitLM(L.LightningModule, SleepHooks):
         depth_name: the task's depth axis (``t``, ``k``, ``ops``) for metric names such as ``test/acc@t=4``.
     """
 
-    def __init__(self, net: HybridLM, sleep: dict[str, Any] | None = None, optim: dict[str, Any] | None = None,
-                 depth_name: str = "depth"):
+    def __init__(
+        self,
+        net: HybridLM,
+        sleep: dict[str, Any] | None = None,
+        optim: dict[str, Any] | None = None,
+        depth_name: str = "depth",
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -43,7 +48,9 @@ class LitLM(L.LightningModule, SleepHooks):
         self._total_steps = 1  # of the cosine schedule; set when training starts
 
     # --- forward and hooks ------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, state: ModelState | None = None) -> tuple[torch.Tensor, ModelState]:
+    def forward(
+        self, input_ids: torch.Tensor, state: ModelState | None = None
+    ) -> tuple[torch.Tensor, ModelState]:
         return self.net(input_ids, self.sleep, state, hooks=self)
 
     def _dispatch(self, hook: str, *args: Any) -> None:
@@ -114,7 +121,9 @@ class LitLM(L.LightningModule, SleepHooks):
         values = metric.compute()  # already reduced over DDP ranks
         metric.reset()
         for name, value in values.items():
-            self.log(f"{split}/{name}", value, prog_bar="@" not in name, sync_dist=False, rank_zero_only=False)
+            self.log(
+                f"{split}/{name}", value, prog_bar="@" not in name, sync_dist=False, rank_zero_only=False
+            )
         return values
 
     def on_validation_epoch_end(self) -> None:
@@ -128,7 +137,9 @@ class LitLM(L.LightningModule, SleepHooks):
         optimizers = build_optimizers(self.net, self.optim_cfg)
         # The total is read when training starts: asking Lightning for it here would build the training
         # loader before a resumed run restores the loader's position.
-        factor = warmup_cosine(lambda: self._total_steps, self.optim_cfg.warmup_steps, self.optim_cfg.min_lr_ratio)
+        factor = warmup_cosine(
+            lambda: self._total_steps, self.optim_cfg.warmup_steps, self.optim_cfg.min_lr_ratio
+        )
         schedulers = [{"scheduler": LambdaLR(opt, factor), "interval": "step"} for opt in optimizers]
         return optimizers, schedulers
 

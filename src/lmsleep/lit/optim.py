@@ -71,7 +71,11 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
             )
         )
     if adamw:
-        opts.append(torch.optim.AdamW(adamw, lr=cfg.adamw_lr, betas=tuple(cfg.betas), weight_decay=cfg.adamw_weight_decay))
+        opts.append(
+            torch.optim.AdamW(
+                adamw, lr=cfg.adamw_lr, betas=tuple(cfg.betas), weight_decay=cfg.adamw_weight_decay
+            )
+        )
     return opts
 
 

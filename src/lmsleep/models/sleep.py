@@ -65,7 +65,9 @@ class SleepConfig:
         if self.grad_passes is not None and int(self.grad_passes) < 1:
             raise ValueError(f"sleep.grad_passes must be >= 1 or null (all passes), got {self.grad_passes}")
         if self.tbptt_windows is not None and int(self.tbptt_windows) < 1:
-            raise ValueError(f"sleep.tbptt_windows must be >= 1 or null (never detach), got {self.tbptt_windows}")
+            raise ValueError(
+                f"sleep.tbptt_windows must be >= 1 or null (never detach), got {self.tbptt_windows}"
+            )
         self.passes, self.window = int(self.passes), int(self.window)
 
     @property
@@ -107,7 +109,9 @@ def wake(
     passes start from) and the state advanced by T tokens.
     """
     h = model.embed(input_ids)
-    h, loop_out, state = model.run_blocks(h, state, range(len(model.blocks)), pos=state.pos, sliding=cfg.sliding)
+    h, loop_out, state = model.run_blocks(
+        h, state, range(len(model.blocks)), pos=state.pos, sliding=cfg.sliding
+    )
     state = ModelState(state.layers, state.pos + input_ids.shape[1], state.window_index, state.extra)
     return model.output(h), loop_out, state
 
@@ -119,7 +123,9 @@ def _sleep_pass_start(pre: ModelState, prev: ModelState, cfg: SleepConfig, loope
     for i in looped:
         p = pre.layers[i]
         if hasattr(prev.layers[i], "with_local_from"):
-            layers[i] = p if cfg.state_mode == "restart" and p is not None else prev.layers[i].with_local_from(p)
+            layers[i] = (
+                p if cfg.state_mode == "restart" and p is not None else prev.layers[i].with_local_from(p)
+            )
             if cfg.state_mode == "restart" and p is None:
                 layers[i] = None
         else:
@@ -173,7 +179,9 @@ def evict(model: HybridLM, state: ModelState, woke: ModelState, cfg: SleepConfig
         if model.kinds[i] == "attn":
             s = woke.layers[i]
             if cfg.eviction == "sliding" and s is not None and cfg.window > 1:
-                layers.append(model.blocks[i].mixer.shift_cache(s, keep=min(len(s), cfg.window - 1), shift=woke.pos))
+                layers.append(
+                    model.blocks[i].mixer.shift_cache(s, keep=min(len(s), cfg.window - 1), shift=woke.pos)
+                )
             else:
                 layers.append(None)
         elif s is not None and cfg.eviction == "hard":
@@ -187,7 +195,12 @@ def evict(model: HybridLM, state: ModelState, woke: ModelState, cfg: SleepConfig
 
 
 def window_step(
-    model: HybridLM, input_ids: torch.Tensor, state: ModelState, cfg: SleepConfig, consolidate: bool, hooks: SleepHooks
+    model: HybridLM,
+    input_ids: torch.Tensor,
+    state: ModelState,
+    cfg: SleepConfig,
+    consolidate: bool,
+    hooks: SleepHooks,
 ) -> tuple[torch.Tensor, ModelState]:
     """Wake over one whole window, then (if another window follows) sleep and evict."""
     w = state.window_index
@@ -209,7 +222,9 @@ def run_windows(
     """Generalised Algorithm 1 over ``input_ids [B, T]``; returns wake logits ``[B, T, V]`` and the final state."""
     B, T = input_ids.shape
     if T == 0:
-        raise ValueError(f"run_windows needs at least one token, got input_ids of shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"run_windows needs at least one token, got input_ids of shape {tuple(input_ids.shape)}"
+        )
     state = model.init_state(B) if state is None else state
     if state.pos != 0:
         raise ValueError(

@@ -27,7 +27,9 @@ class ModelState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _map(self, fn) -> ModelState:
-        return ModelState([None if s is None else fn(s) for s in self.layers], self.pos, self.window_index, dict(self.extra))
+        return ModelState(
+            [None if s is None else fn(s) for s in self.layers], self.pos, self.window_index, dict(self.extra)
+        )
 
     def detach(self) -> ModelState:
         return self._map(lambda s: s.detach())
@@ -72,7 +74,11 @@ class ModelState:
             if entry is None:
                 layers.append(None)
                 continue
-            fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in entry.items() if k != "type"}
+            fields = {
+                k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                for k, v in entry.items()
+                if k != "type"
+            }
             layers.append(_LAYER_TYPES[entry["type"]](**fields))
         return cls(layers, int(data["pos"]), int(data["window_index"]))
 

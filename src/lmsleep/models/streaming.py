@@ -28,7 +28,9 @@ class Stream:
         hooks: observers of the wake and sleep phases.
     """
 
-    def __init__(self, model: Any, sleep_config: SleepConfig, batch_size: int = 1, hooks: SleepHooks = NO_HOOKS):
+    def __init__(
+        self, model: Any, sleep_config: SleepConfig, batch_size: int = 1, hooks: SleepHooks = NO_HOOKS
+    ):
         self.model, self.cfg, self.hooks = model, sleep_config, hooks
         self.batch_size = batch_size
         self.reset()
@@ -55,7 +57,9 @@ class Stream:
         if tokens.dim() == 1:
             tokens = tokens[None]
         if tokens.dim() != 2 or tokens.shape[0] != self.batch_size:
-            raise ValueError(f"feed expects tokens [batch={self.batch_size}, T], got shape {tuple(tokens.shape)}")
+            raise ValueError(
+                f"feed expects tokens [batch={self.batch_size}, T], got shape {tuple(tokens.shape)}"
+            )
         device = next(self.model.parameters()).device
         tokens = tokens.to(device)
         if tokens.shape[1] == 0:  # an empty chunk (e.g. from a tokenizer): nothing happens
@@ -96,7 +100,9 @@ class Stream:
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if torch.as_tensor(prompt).shape[-1] == 0:
-            raise ValueError("generate needs a prompt of at least one token (its last logits pick the first new one)")
+            raise ValueError(
+                "generate needs a prompt of at least one token (its last logits pick the first new one)"
+            )
         logits = self.feed(prompt)[:, -1]
         out = []
         for _ in range(max_new_tokens):
