@@ -121,15 +121,11 @@ def _sleep_pass_start(pre: ModelState, prev: ModelState, cfg: SleepConfig, loope
     fast weights from the previous pass (accumulate) or from before the window (restart)."""
     layers = list(prev.layers)
     for i in looped:
-        p = pre.layers[i]
-        if hasattr(prev.layers[i], "with_local_from"):
-            layers[i] = (
-                p if cfg.state_mode == "restart" and p is not None else prev.layers[i].with_local_from(p)
-            )
-            if cfg.state_mode == "restart" and p is None:
-                layers[i] = None
-        else:
-            layers[i] = p
+        current = prev.layers[i]
+        if cfg.state_mode == "accumulate" and hasattr(current, "with_local_from"):
+            layers[i] = current.with_local_from(pre.layers[i])
+        else:  # attention: the KV prefix; restart: the pre-window fast weights
+            layers[i] = pre.layers[i]
     return ModelState(layers, 0, prev.window_index, prev.extra)
 
 
