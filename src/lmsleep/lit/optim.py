@@ -16,7 +16,8 @@ class OptimConfig:
 
     Args:
         muon_lr: learning rate of Muon (2-D hidden weight matrices).
-        adamw_lr: learning rate of AdamW (embeddings, output head, norms, biases, gates, convolutions).
+        adamw_lr: learning rate of AdamW (embeddings, output head, and every non-matrix parameter: norms,
+            biases, A_log and dt_bias, convolution kernels). 2-D gate projections are hidden matrices: Muon.
         muon_weight_decay, adamw_weight_decay: decoupled weight decay of each optimiser.
         betas: AdamW betas.
         momentum: Muon momentum.
