@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -43,35 +44,42 @@ def _config_error_exit(exc: ConfigError) -> None:
     sys.exit(2)
 
 
+def _reporting_config_errors(job):
+    """A Hydra task function that reports a ConfigError raised inside the job like those found before it."""
+
+    @functools.wraps(job)
+    def task(cfg: DictConfig) -> None:
+        try:
+            job(cfg)
+        except ConfigError as exc:
+            _config_error_exit(exc)
+
+    return task
+
+
+@_reporting_config_errors
 def _fit(cfg: DictConfig) -> None:
     from lmsleep.train import train
 
-    try:
-        metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
-    except ConfigError as exc:  # raised inside Hydra's job: report it like the errors found before it
-        _config_error_exit(exc)
+    metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 
 
+@_reporting_config_errors
 def _test(cfg: DictConfig) -> None:
     from lmsleep.evaluate import evaluate
 
-    try:
-        metrics, objects = evaluate(cfg)
-    except ConfigError as exc:
-        _config_error_exit(exc)
+    metrics, objects = evaluate(cfg)
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 
 
+@_reporting_config_errors
 def _export(cfg: DictConfig) -> None:
     from lmsleep.export import export_data
 
-    try:
-        n = export_data(cfg)
-    except ConfigError as exc:
-        _config_error_exit(exc)
+    n = export_data(cfg)
     if cfg.out != "-":
         print(
             f"wrote {n} {cfg.split} samples of {cfg.data.task._target_.rsplit('.', 1)[-1]} to {cfg.out}",
@@ -127,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise ConfigError(f"unknown command {command!r}; use one of: fit, test, export-data\n\n{USAGE}")
     except ConfigError as exc:
-        print(f"lmsleep: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _config_error_exit(exc)
 
 
 if __name__ == "__main__":
