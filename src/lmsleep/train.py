@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmsleep.utils.config import (
-    ConfigError,
     build_data_and_model,
     check_checkpoint,
     flat_hparams,
@@ -88,10 +87,3 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     for logger in loggers:
         logger.finalize("success")
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "cfg": cfg}
-
-
-def validate_fit_config(cfg: DictConfig) -> None:
-    """Checks that need the whole config (each object checks its own arguments when built)."""
-    for group in ("data", "model", "trainer"):
-        if cfg.get(group) is None:
-            raise ConfigError(f"the config has no '{group}' group; choose one, e.g. `{group}=...`")

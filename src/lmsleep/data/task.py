@@ -87,11 +87,10 @@ class Task(ABC):
             raise ValueError(f"unknown split {split!r}; valid splits are {sorted(SPLIT_BUCKETS)}")
         if index < 0:
             raise ValueError(f"sample index must be >= 0, got {index}")
-        lo, hi = SPLIT_BUCKETS[split]
         for attempt in range(MAX_ATTEMPTS):
             rng = random.Random(_stable_int(f"{self.name}|{self.seed}|{split}|{index}|{attempt}"))
             problem = self.generate(rng)
-            if lo <= _stable_int(f"{self.name}|{self.key(problem)}") % 1000 < hi:
+            if self.split_of(problem) == split:
                 break
         else:
             raise ValueError(

@@ -144,7 +144,7 @@ class HybridLM(nn.Module):
             h, layers[i] = self.blocks[i](h, layers[i], **mixer_kwargs)
             if i == self.loop_range[-1]:
                 loop_out = h
-        return h, loop_out, ModelState(layers, state.pos, state.window_index, state.extra)
+        return h, loop_out, ModelState(layers, state.pos, state.window_index)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(h))

@@ -112,7 +112,7 @@ def wake(
     h, loop_out, state = model.run_blocks(
         h, state, range(len(model.blocks)), pos=state.pos, sliding=cfg.sliding
     )
-    state = ModelState(state.layers, state.pos + input_ids.shape[1], state.window_index, state.extra)
+    state = ModelState(state.layers, state.pos + input_ids.shape[1], state.window_index)
     return model.output(h), loop_out, state
 
 
@@ -126,7 +126,7 @@ def _sleep_pass_start(pre: ModelState, prev: ModelState, cfg: SleepConfig, loope
             layers[i] = current.with_local_from(pre.layers[i])
         else:  # attention: the KV prefix; restart: the pre-window fast weights
             layers[i] = pre.layers[i]
-    return ModelState(layers, 0, prev.window_index, prev.extra)
+    return ModelState(layers, 0, prev.window_index)
 
 
 def sleep(
@@ -158,10 +158,7 @@ def sleep(
                 h, _, after = model.run_blocks(h, start, looped, pos=0, sliding=cfg.sliding)
             # Blocks outside the loop keep their wake-pass state.
             state = ModelState(
-                [after.layers[i] if i in looped else woke.layers[i] for i in range(len(model.blocks))],
-                0,
-                w,
-                woke.extra,
+                [after.layers[i] if i in looped else woke.layers[i] for i in range(len(model.blocks))], 0, w
             )
             hooks.on_sleep_pass(w, p, start, state)
         hooks.on_sleep_end(w, n, state)
@@ -187,7 +184,7 @@ def evict(model: HybridLM, state: ModelState, woke: ModelState, cfg: SleepConfig
             layers.append(s.with_local_from(woke.layers[i]))
         else:
             layers.append(None)
-    return ModelState(layers, 0, state.window_index + 1, state.extra)
+    return ModelState(layers, 0, state.window_index + 1)
 
 
 def window_step(
@@ -265,7 +262,7 @@ def _independent_windows(
         None if kv is None else type(kv)(*(t.unflatten(0, (B, n))[:, -1, :, :last] for t in (kv.k, kv.v)))
         for kv in folded.layers
     ]
-    return logits.view(B, n * L, -1)[:, :T], ModelState(layers, last, state.window_index + n - 1, state.extra)
+    return logits.view(B, n * L, -1)[:, :T], ModelState(layers, last, state.window_index + n - 1)
 
 
 class _OnceHooks(SleepHooks):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,12 +24,9 @@ class ModelState:
     layers: list[Any]
     pos: int = 0
     window_index: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def _map(self, fn) -> ModelState:
-        return ModelState(
-            [None if s is None else fn(s) for s in self.layers], self.pos, self.window_index, dict(self.extra)
-        )
+        return ModelState([None if s is None else fn(s) for s in self.layers], self.pos, self.window_index)
 
     def detach(self) -> ModelState:
         return self._map(lambda s: s.detach())
@@ -40,7 +37,7 @@ class ModelState:
     def clear_kv(self) -> ModelState:
         """Evict every attention layer's KV cache (hard eviction)."""
         layers = [None if isinstance(s, KVCache) else s for s in self.layers]
-        return ModelState(layers, self.pos, self.window_index, dict(self.extra))
+        return ModelState(layers, self.pos, self.window_index)
 
     def kv_length(self) -> int:
         """Longest KV cache over the attention layers (tokens held in memory)."""
@@ -49,7 +46,7 @@ class ModelState:
     def replace(self, index: int, layer_state: Any) -> ModelState:
         layers = list(self.layers)
         layers[index] = layer_state
-        return ModelState(layers, self.pos, self.window_index, dict(self.extra))
+        return ModelState(layers, self.pos, self.window_index)
 
     def tensors(self) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
