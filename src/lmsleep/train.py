@@ -23,7 +23,7 @@ log = logging.getLogger("lmsleep")
 HPARAM_METRICS = ("val/loss", "val/acc", "val/acc_exact", "test/loss", "test/acc", "test/acc_exact")
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+def as_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -39,6 +39,25 @@ def log_hparams(loggers: list, cfg: DictConfig, metrics: dict[str, float] | None
             logger.log_hyperparams(params)
 
 
+def build_run(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
+    """Seed, then the DataModule, the LightningModule, the loggers and a Trainer with the configured callbacks."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule, model = build_data_and_model(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer, loggers
+
+
+def finish_run(loggers: list, cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """Record the final metrics beside the config (HPARAMS) and close the loggers."""
+    log_hparams(loggers, cfg, metrics)
+    for logger in loggers:
+        logger.finalize("success")
+
+
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Train ``cfg.model`` on ``cfg.data`` and test the best checkpoint.
 
@@ -51,17 +70,11 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
         the metrics (``train/...``, ``val/...``, ``test/...``) and the objects built (trainer, model, data).
     """
     check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    datamodule, model = build_data_and_model(cfg)
+    datamodule, model, trainer, loggers = build_run(cfg)
     model.run_config = {
         "overrides": list(overrides or []),
         "config": OmegaConf.to_container(cfg, resolve=False),
     }
-    callbacks = instantiate_group(cfg.get("callbacks"), "callback")
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +84,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     if cfg.get("train", True):
         # weights_only=False: the checkpoint holds our config objects, and check_checkpoint has loaded it already
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
-    metrics = _scalars(trainer.callback_metrics)
+    metrics = as_floats(trainer.callback_metrics)
 
     if cfg.get("test", True):
         cb = trainer.checkpoint_callback
@@ -81,9 +94,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
         if not ckpt:
             log.warning("No checkpoint (checkpointing off or fast_dev_run); testing the current weights")
         trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
-        metrics.update(_scalars(trainer.callback_metrics))
+        metrics.update(as_floats(trainer.callback_metrics))
         log.info(f"Tested checkpoint: {ckpt or '(current weights)'}")
-    log_hparams(loggers, cfg, metrics)
-    for logger in loggers:
-        logger.finalize("success")
+    finish_run(loggers, cfg, metrics)
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "cfg": cfg}
