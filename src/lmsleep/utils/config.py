@@ -50,7 +50,9 @@ def check_checkpoint(path: str | None, what: str = "ckpt_path") -> dict[str, Any
             f"{what}={path} does not exist; pass the path of a .ckpt file written by `lmsleep fit`"
         )
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
+        # mmap: tensors stay on disk, so checking (and reading the stored overrides) costs no full read;
+        # Lightning loads the checkpoint for real afterwards.
+        ckpt = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
     except Exception as exc:  # any unreadable file is the same user error
         raise ConfigError(
             f"{what}={path} is not a readable checkpoint ({type(exc).__name__}: {exc})"
