@@ -201,18 +201,3 @@ class DepoTask(Task):
             tokens += answer
             labels.append(IGNORE_INDEX)
         return self.vocab.encode(tokens), labels
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "min_nodes": self.min_nodes,
-            "max_nodes": self.max_nodes,
-            "tokens_per_node": self.tokens_per_node,
-            "node_vocab": self.node_vocab,
-            "edge_separator": self.edge_separator,
-            "context_tokens": self.context_tokens,
-            "num_queries": self.num_queries,
-            "query_tokens": self.query_tokens,
-            "hops_min": self.hops[0],
-            "hops_max": self.hops[1],
-        }

@@ -348,16 +348,3 @@ class GSMInfTask(Task):
         tokens = problem["question"].split() + problem["context"].split() + ANSWER_PROMPT
         labels = [IGNORE_INDEX] * (len(tokens) - 1) + [self.vocab.id(str(problem["answer"]))]
         return self.vocab.encode(tokens), labels
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "ops_min": self.ops[0],
-            "ops_max": self.ops[1],
-            "context_min": self.context_tokens[0],
-            "context_max": self.context_tokens[1],
-            "num_values": self.num_values,
-            "modular": self.modulus is not None,
-            "operators": list(self.operators),
-            "domains": list(self.domains),
-        }

@@ -100,12 +100,3 @@ class Rule110Task(Task):
         labels = [IGNORE_INDEX] * (len(tokens) - self.num_states)
         labels += [self.vocab.id(str(bit)) for bit in problem["answer"]]
         return self.vocab.encode(tokens), labels
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            **super().describe(),
-            "width": self.width,
-            "num_states": self.num_states,
-            "steps_min": self.steps[0],
-            "steps_max": self.steps[1],
-        }

@@ -125,10 +125,6 @@ class Task(ABC):
         record["index"] = index
         return record
 
-    def describe(self) -> dict[str, Any]:
-        """Hyperparameters of the task, for logging."""
-        return {"task": self.name, "seed": self.seed, "window": self.window, "vocab_size": self.vocab_size}
-
 
 def parse_range(value: int | list[int] | tuple[int, int] | str, what: str) -> tuple[int, int]:
     """Accept ``4``, ``[4, 16]`` or ``"4-16"`` and return an inclusive ``(lo, hi)`` range."""
