@@ -4,6 +4,7 @@ to TensorBoard read back from its event files."""
 from __future__ import annotations
 
 import math
+import os
 import re
 from types import SimpleNamespace
 
@@ -166,3 +167,25 @@ def test_learning_rate_schedule_logged(events):
         assert name in tags, sorted(tags)
         got = [e.value for e in events.Scalars(name)]
         assert got == pytest.approx([peak * f for f in factors], rel=1e-5), name
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_on_cpu_is_refused_before_any_work(compose_fit, tiny, precision):
+    cfg = compose_fit("debug=fdr", *tiny, f"trainer.precision={precision}")
+    with pytest.raises(
+        ConfigError,
+        match=rf"trainer.precision={precision} on CPU is refused: .* use trainer.precision=32-true",
+    ):
+        train(cfg)
+    assert not os.path.exists(os.path.join(cfg.paths.output_dir, "config.yaml"))
+
+
+def test_flush_denormal_is_set_by_a_run(cfg_fit):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals")
+    assert (torch.tensor([1e-30]) * 1e-9).item() != 0.0  # a subnormal result survives by default
+    try:
+        train(cfg_fit)
+        assert (torch.tensor([1e-30]) * 1e-9).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)

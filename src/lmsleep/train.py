@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmsleep.utils.config import (
+    ConfigError,
     build_data_and_model,
     check_checkpoint,
     flat_hparams,
@@ -39,10 +41,26 @@ def log_hparams(loggers: list, cfg: DictConfig, metrics: dict[str, float] | None
             logger.log_hyperparams(params)
 
 
+def check_precision(trainer_cfg: DictConfig) -> None:
+    """Refuse bf16 on CPU: measured here it is slower than fp32, not faster (see benchmarks/RESULTS.md)."""
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    if trainer_cfg.get("accelerator") == "cpu" and precision.startswith("bf16"):
+        raise ConfigError(
+            f"trainer.precision={precision} on CPU is refused: bf16 made the training step slower than fp32 "
+            "(bf16 matmuls ran at a fraction of fp32's speed without AMX, and autocast adds casts around "
+            "every op); use trainer.precision=32-true on CPU, bf16-mixed on GPUs"
+        )
+
+
 def build_run(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
     """Seed, then the DataModule, the LightningModule, the loggers and a Trainer with the configured callbacks."""
+    check_precision(cfg.trainer)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("flush_denormal", True):
+        # Decays drive fast weights towards subnormal floats, whose arithmetic is ~100x slower on x86 CPUs
+        # (a whole training step ran 5x slower); flushing them to zero changes nothing measurable.
+        torch.set_flush_denormal(True)
     datamodule, model = build_data_and_model(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")

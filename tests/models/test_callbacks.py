@@ -234,7 +234,8 @@ def test_frozen_parameters_do_not_move_while_frozen(staged_run):
 def test_litlm_dispatches_wake_and_sleep_hooks_with_windows_and_passes(staged_run):
     calls = staged_run.recorder.calls
     assert all(c[-1] is True for c in calls)  # training only (no validation in this run)
-    per_step_n1 = [c for w in range(WINDOWS) for c in (("wake_start", w, True), ("wake_end", w, True))]
+    # Without sleep passes the windows run as one span: one wake from the first window to the last.
+    per_step_n1 = [("wake_start", 0, True), ("wake_end", WINDOWS - 1, True)]
     per_step_n2 = []
     for w in range(WINDOWS):
         per_step_n2 += [("wake_start", w, True), ("wake_end", w, True)]
@@ -261,7 +262,10 @@ def test_sleep_monitor_writes_scalars_and_gate_histograms(staged_run):
 
     assert series("sleep_monitor/passes") == {0: 1.0, 1: 1.0, 2: 1.0, 3: 2.0, 4: 2.0}
     assert series("sleep_monitor/sleeps") == {0: 0.0, 1: 0.0, 2: 0.0, 3: 2.0, 4: 2.0}
-    assert set(series("sleep_monitor/peak_kv").values()) == {float(L)}  # hard eviction: one window of KV
+    # Hard eviction: at most one window of KV. With sleep (steps 3, 4) the full context windows end a wake;
+    # at N = 1 the windows wake as one span, whose end is the shorter answer window.
+    peak = series("sleep_monitor/peak_kv")
+    assert peak[3] == peak[4] == float(L) and 0 < peak[0] < L
     for tag in (
         "seconds_per_sleep",
         "fast_weight_norm/layer1",

@@ -27,7 +27,8 @@ class SleepMonitor(Callback):
     - ``sleep_monitor/fast_weight_norm/layer<i>`` (Frobenius norm of S per example, after the last sleep),
     - ``sleep_monitor/rel_change/layer<i>/pass<p>`` (``||S_after - S_before|| / ||S_before||`` of pass p,
       averaged over the step's sleeps: how much each extra pass still rewrites the fast weights),
-    - ``sleep_monitor/peak_kv`` (longest KV cache seen during the wake passes, in tokens),
+    - ``sleep_monitor/peak_kv`` (longest KV cache at the end of a wake, in tokens; at N = 1 all windows wake
+      as one span, so this is the last window's),
     - histograms ``sleep_monitor/gates/layer<i>/{decay,write}`` of the fast-weight gates ``a_t`` and ``b_t``.
 
     Scalars and histograms go to the TensorBoard logger (histograms need one); nothing is logged elsewhere.

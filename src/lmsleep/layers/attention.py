@@ -49,12 +49,32 @@ class Attention(nn.Module):
         self.rotary = Rotary(self.head_dim, rope_base)
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, pos: int = 0, sliding: int | None = None
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        sliding: int | None = None,
+        evict_every: int | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
+        """``evict_every = L``: ``x`` holds windows of L tokens end to end under hard eviction (``pos`` 0, no
+        cache): each window attends only within itself at positions from its own start, computed as one
+        batch of windows. The returned cache is the last window's, as the windows one by one would leave it.
+        """
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if evict_every is not None and T > evict_every:
+            if pos or (cache is not None and len(cache)):
+                raise ValueError("attention over hard-evicted windows must start at an empty window")
+            L = evict_every
+            n = -(-T // L)
+            # Padding sits after the last real token of the last window, so causality hides it.
+            folded = F.pad(x, (0, 0, 0, n * L - T)).view(B * n, L, -1)
+            y, kv = self.forward(folded, None, 0, sliding)
+            last = T - (n - 1) * L
+            k, v = (t.unflatten(0, (B, n))[:, -1, :, :last] for t in (kv.k, kv.v))
+            return y.view(B, n * L, -1)[:, :T], KVCache(k, v)
+        qkv = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         positions = torch.arange(pos, pos + T, device=x.device)
-        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        (q, k), v = self.rotary(qkv[:2], positions).unbind(0), qkv[2]  # q and k rotated in one call
         if cache is not None and len(cache):
             k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)
         mask = self._mask(T, k.shape[2], sliding, x.device)

@@ -83,7 +83,9 @@ class SleepHooks:
     """Observers of the wake and sleep phases. Every method is optional; the default does nothing.
 
     ``window`` is the index of the window within the sequence (or stream); ``state`` arguments are the model
-    state at that moment (read them, don't keep them: they hold the autograd graph in training).
+    state at that moment (read them, don't keep them: they hold the autograd graph in training). Where no
+    window sleeps (N = 1, or no fast weights), :func:`run_windows` wakes all windows in one span, so the wake
+    hooks fire once: ``on_wake_start(first window)`` and ``on_wake_end(last window, state after it)``.
     """
 
     def on_wake_start(self, window: int) -> None: ...
@@ -101,16 +103,21 @@ NO_HOOKS = SleepHooks()
 
 
 def wake(
-    model: HybridLM, input_ids: torch.Tensor, state: ModelState, cfg: SleepConfig
+    model: HybridLM,
+    input_ids: torch.Tensor,
+    state: ModelState,
+    cfg: SleepConfig,
+    evict_every: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, ModelState]:
     """The wake pass over ``input_ids [B, T]`` at window position ``state.pos``.
 
     Returns logits ``[B, T, V]``, the features at the output of the looped blocks ``[B, T, D]`` (what sleep
-    passes start from) and the state advanced by T tokens.
+    passes start from) and the state advanced by T tokens. ``evict_every = L`` runs hard-evicted windows of
+    L tokens laid end to end in one pass (see :func:`_one_pass_windows`).
     """
     h = model.embed(input_ids)
     h, loop_out, state = model.run_blocks(
-        h, state, range(len(model.blocks)), pos=state.pos, sliding=cfg.sliding
+        h, state, range(len(model.blocks)), pos=state.pos, sliding=cfg.sliding, evict_every=evict_every
     )
     state = ModelState(state.layers, state.pos + input_ids.shape[1], state.window_index)
     return model.output(h), loop_out, state
@@ -225,8 +232,8 @@ def run_windows(
             "continue a partial window with lmsleep.models.Stream"
         )
     L = T if cfg.eviction == "none" else cfg.window
-    if cfg.eviction == "hard" and not model.has_fast_weights and T > L:
-        return _independent_windows(model, input_ids, cfg, state, hooks)
+    if T > L and wakes_in_one_span(model, cfg, state):
+        return _one_pass_windows(model, input_ids, cfg, state, hooks)
     outputs = []
     for start in range(0, T, L):
         if cfg.tbptt_windows and state.window_index and state.window_index % cfg.tbptt_windows == 0:
@@ -245,24 +252,52 @@ def run_windows(
     return torch.cat(outputs, dim=1), state
 
 
-def _independent_windows(
+def wakes_in_one_span(model: HybridLM, cfg: SleepConfig, state: ModelState) -> bool:
+    """Whether the window loop can run layer by layer over the whole sequence instead.
+
+    Without sleep passes (N = 1, or no fast weights to consolidate) nothing a window computes feeds the
+    next window except the fast weights, which each fast-weight layer carries through the sequence by
+    itself, and the KV prefix of sliding eviction, which a sliding attention mask reproduces. So each layer
+    can process all windows in one call: far fewer, larger operations than L-token windows one at a time.
+    The window loop stays where it is needed: truncated BPTT of the fast weights, per-window activation
+    checkpointing, and a hard-eviction start that holds KV (only a user-made state can).
+    """
+    if cfg.passes > 1 and model.has_fast_weights:
+        return False
+    if cfg.tbptt_windows and model.has_fast_weights:
+        return False
+    if cfg.checkpoint_windows and torch.is_grad_enabled():
+        return False
+    return cfg.eviction == "sliding" or state.kv_length() == 0
+
+
+def _one_pass_windows(
     model: HybridLM, input_ids: torch.Tensor, cfg: SleepConfig, state: ModelState, hooks: SleepHooks
 ) -> tuple[torch.Tensor, ModelState]:
-    """Hard eviction without fast weights: windows share nothing, so run them as one batch."""
-    B, T = input_ids.shape
-    L = cfg.window
+    """All windows of a sequence without sleep passes, each layer over the whole sequence at once.
+
+    Hard eviction: attention runs the windows as one batch and the convolutions restart per window
+    (``evict_every``); sliding eviction is one pass with attention masked to the last L tokens. Logits
+    equal the window loop's up to float round-off, and the returned state is the last window's, as the
+    loop would leave it. Wake hooks fire once, for the whole span.
+    """
+    T, L = input_ids.shape[1], cfg.window
     n = -(-T // L)
-    padded = torch.nn.functional.pad(input_ids, (0, n * L - T))
-    hooks.on_wake_start(state.window_index)
-    logits, _, folded = wake(model, padded.view(B * n, L), model.init_state(B * n), cfg)
-    hooks.on_wake_end(state.window_index, folded)
     last = T - (n - 1) * L
-    # The returned state is the last window's, as the window loop would leave it.
-    layers = [
-        None if kv is None else type(kv)(*(t.unflatten(0, (B, n))[:, -1, :, :last] for t in (kv.k, kv.v)))
-        for kv in folded.layers
-    ]
-    return logits.view(B, n * L, -1)[:, :T], ModelState(layers, last, state.window_index + n - 1)
+    hooks.on_wake_start(state.window_index)
+    hard = cfg.eviction == "hard"
+    logits, _, woke = wake(model, input_ids, state, cfg, evict_every=L if hard else None)
+    layers = list(woke.layers)
+    if not hard:  # the last window's KV: its own keys and the L - 1 before it, positions from its start
+        for i, kind in enumerate(model.kinds):
+            if kind == "attn":
+                s = layers[i]
+                layers[i] = model.blocks[i].mixer.shift_cache(
+                    s, keep=min(len(s), L - 1 + last), shift=T - last
+                )
+    final = ModelState(layers, last, state.window_index + n - 1)
+    hooks.on_wake_end(final.window_index, final)
+    return logits, final
 
 
 class _OnceHooks(SleepHooks):
