@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmsleep.ops import gated_delta_rule, ssd
+from lmsleep.ops import gated_delta_rule, short_conv, ssd
 
 RULES = ("mamba2", "gated_delta")
 
@@ -147,42 +147,25 @@ class FastWeightMixer(nn.Module):
     def _conv(
         self, u: torch.Tensor, tail: torch.Tensor | None, evict_every: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Causal depthwise conv over time of ``u [B, T, C]`` continuing from ``tail [B, C, conv_size-1]``.
-
-        Computed as ``conv_size`` shifted multiply-adds in the ``[B, T, C]`` layout: for a width-4 kernel
-        this is several times faster than ``F.conv1d`` (whose CPU backward dominated a training step) and
-        needs no transposes. With ``evict_every = L`` the time axis holds windows of L tokens laid end to
-        end and the context restarts (zeros) at every window start after the first, as hard eviction does.
-        """
+        """Causal depthwise conv over time of ``u [B, T, C]`` continuing from ``tail [B, C, conv_size-1]``
+        (:func:`lmsleep.ops.short_conv`). With ``evict_every = L`` the time axis holds windows of L tokens
+        laid end to end and the context restarts (zeros) at every window start after the first, as hard
+        eviction does."""
         if self.conv is None:
             return u, None
+        weight, bias = self.conv.weight[:, 0], self.conv.bias
         B, T, C = u.shape
-        width = self.conv_size - 1
-        if tail is None:
-            tail = u.new_zeros(B, C, width)
-        tail = tail.to(u.dtype).transpose(1, 2)  # [B, width, C]
-        if evict_every is not None and T > evict_every:
-            L = evict_every
-            n = -(-T // L)
-            windows = F.pad(u, (0, 0, 0, n * L - T)).view(B, n, L, C)
-            tails = torch.cat((tail[:, None], u.new_zeros(B, n - 1, width, C)), dim=1)
-            seq = torch.cat((tails, windows), dim=2).view(B * n, width + L, C)
-            y = self._shifted_sum(seq, L).view(B, n * L, C)[:, :T]
-            last = T - (n - 1) * L  # the last window's context: its final `width` inputs (zeros before it)
-            new_tail = seq.view(B, n, width + L, C)[:, -1, last : last + width]
-        else:
-            seq = torch.cat((tail, u), dim=1)
-            y = self._shifted_sum(seq, T)
-            new_tail = seq[:, T:]
-        return y, new_tail.transpose(1, 2)
-
-    def _shifted_sum(self, seq: torch.Tensor, T: int) -> torch.Tensor:
-        """``y[:, t] = bias + sum_j w_j * seq[:, t + j]`` for ``seq [B, T + conv_size - 1, C]``."""
-        w = self.conv.weight[:, 0, :].to(seq.dtype)  # [C, conv_size]
-        y = torch.addcmul(self.conv.bias.to(seq.dtype), seq[:, :T], w[:, 0])
-        for j in range(1, self.conv_size):
-            y = torch.addcmul(y, seq[:, j : j + T], w[:, j])
-        return y
+        L = evict_every
+        if L is None or T <= L:
+            return short_conv(u, weight, bias, tail, output_final_state=True)
+        n, width = -(-T // L), self.conv_size - 1
+        windows = F.pad(u, (0, 0, 0, n * L - T)).view(B * n, L, C)
+        first = u.new_zeros(B, 1, C, width) if tail is None else tail.to(u.dtype)[:, None]
+        starts = torch.cat((first, u.new_zeros(B, n - 1, C, width)), dim=1).view(B * n, C, width)
+        y, _ = short_conv(windows, weight, bias, starts)
+        last = T - (n - 1) * L  # the last window's context: its final `width` inputs, zeros before it
+        new_tail = torch.cat((u.new_zeros(B, width, C), u[:, T - last :]), dim=1)[:, -width:]
+        return y.view(B, n * L, C)[:, :T], new_tail.transpose(1, 2)
 
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> FastWeights:
         shape = (
