@@ -12,7 +12,7 @@ help:
 	@echo "make train      set up .venv and run the default experiment on CPU (minutes)"
 	@echo "make test       set up .venv and run the test suite (< 10 min)"
 	@echo "make test-all   also run the slow tests"
-	@echo "make bench      run the benchmarks in benchmarks/"
+	@echo "make bench      run the benchmarks and write benchmarks/RESULTS.md (BENCH_AGAINST=rev compares)"
 	@echo "make lint       ruff check"
 	@echo "make tensorboard  open TensorBoard on logs/"
 
@@ -46,9 +46,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks
 
+# BENCH_AGAINST=<git revision> adds a side-by-side comparison of the training step with that revision.
+BENCH_AGAINST ?=
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/wake_latency.py
+	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
+	$(PY) benchmarks/train_step.py --experiment depo_sleep --passes 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
+	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 --repeats 1 --precision bf16-mixed --out benchmarks/results/train_step_rule110_sleep_bf16.json
+	$(PY) benchmarks/sleep_throughput.py
+	$(PY) benchmarks/write_results.py
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir logs

@@ -1,0 +1,164 @@
+"""Write ``benchmarks/RESULTS.md`` from the JSON files the benchmarks left in ``benchmarks/results/``.
+
+    python benchmarks/write_results.py          # after `make bench` (which calls it)
+
+The figure of the sleep-throughput study is copied next to RESULTS.md (``benchmarks/figures/``) so the
+committed page shows it; the JSON files themselves stay in the ignored ``results/`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS, FIGURES = HERE / "results", HERE / "figures"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def train_step_section(data: dict, title: str) -> list[str]:
+    args, peak = data["args"], data["peak_gflops"]
+    against = args.get("against")
+    cmd = (
+        f"python benchmarks/train_step.py --experiment {args['experiment']} --passes "
+        + " ".join(map(str, args["passes"]))
+        + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
+        + (f" --precision {args['precision']}" if args["precision"] != "32-true" else "")
+        + (f" --against {against} --losses {args['losses']}" if against else "")
+    )
+    lines = [f"### {title}", "", f"`{cmd}`", ""]
+    lines += [
+        f"Matmul peak measured in the same run: fp32 {peak['float32']:.0f} GFLOP/s, "
+        f"bf16 {peak['bfloat16']:.0f} GFLOP/s.",
+        "",
+        "| revision | N | ms/step (median of repeats) | each repeat | tokens/s | data ms/step | "
+        "training MFLOP/token | GFLOP/s | % fp32 peak | % bf16 peak | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        flops = (
+            f"{r['training_flops_per_token'] / 1e6:.2f} | {r['gflops_per_s']:.1f} | "
+            f"{100 * r['fraction_of_fp32_peak']:.1f} | {100 * r['fraction_of_bf16_peak']:.1f}"
+            if "gflops_per_s" in r
+            else " | | | "
+        )
+        speed = ", ".join(f"{v:.2f}x vs {k[11:]}" for k, v in r.items() if k.startswith("speedup_vs_"))
+        lines.append(
+            f"| {r['revision']} | {r['N']} | {r['ms_per_step']:.1f} | {r['ms_per_step_each']} | "
+            f"{r['tokens_per_s']:.0f} | {r['data_ms_per_step']:.1f} | {flops} | {speed} |"
+        )
+    for n, d in data.get("losses", {}).items():
+        lines.append("")
+        lines.append(
+            f"First {len(d['this_tree'])} training losses at N = {n} (seed 0) against {against}: "
+            f"max |difference| {d['max_abs_diff']:.3g}, max relative {d['max_rel_diff']:.3g}."
+        )
+    return lines + [""]
+
+
+def throughput_section(data: dict) -> list[str]:
+    a = data["args"]
+    cmd = (
+        "python benchmarks/sleep_throughput.py --passes "
+        + " ".join(map(str, a["passes"]))
+        + " --windows "
+        + " ".join(map(str, a["windows"]))
+        + f" --seq-len {a['seq_len']} --batch {a['batch']} --dim {a['dim']} --steps {a['steps']}"
+    )
+    lines = [
+        "### Throughput against N and L (the paper's Fig. 6)",
+        "",
+        f"`{cmd}`: hybrid attn,ssm,attn,ssm (gated delta rule), d = {a['dim']}, hard eviction, "
+        f"batch {a['batch']} x {a['seq_len']} random tokens, forward + backward + Muon/AdamW step.",
+        "",
+        "| L | N | tokens/s | ms/step | step time / N = 1 | training MFLOP/token | GFLOP/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        base = next((b for b in data["rows"] if b["window"] == r["window"] and b["passes"] == 1), None)
+        rel = f"{r['s_per_step'] / base['s_per_step']:.2f}" if base else ""
+        lines.append(
+            f"| {r['window']} | {r['passes']} | {r['tokens_per_s']:.0f} | {1e3 * r['s_per_step']:.0f} | "
+            f"{rel} | {r['training_flops_per_token'] / 1e6:.2f} | {r['gflops_per_s']:.1f} |"
+        )
+    png = RESULTS / "sleep_throughput.png"
+    if png.is_file():
+        FIGURES.mkdir(exist_ok=True)
+        shutil.copy(png, FIGURES / png.name)
+        lines += ["", f"![throughput against N and L](figures/{png.name})"]
+    return lines + [""]
+
+
+def generic_section(title: str, rows: list[dict], cmd: str) -> list[str]:
+    if not rows:
+        return []
+    keys = list(rows[0])
+    lines = [f"### {title}", "", f"`{cmd}`", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def main() -> None:
+    import torch
+
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`python benchmarks/write_results.py`) from the JSON files in "
+        "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
+        "in one run (`--against`), never figures from different days.",
+        "",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads.",
+        "",
+        "## Training step",
+        "",
+    ]
+    for name, title in [
+        ("train_step_rule110_sleep.json", "Rule 110 (`experiment=rule110_sleep`)"),
+        ("train_step_depo_sleep.json", "Depo (`experiment=depo_sleep`)"),
+        ("train_step_rule110_sleep_bf16.json", "Rule 110 in `bf16-mixed` (refused on CPU; measured here)"),
+    ]:
+        data = load(name)
+        if data:
+            lines += train_step_section(data, title)
+    data = load("sleep_throughput.json")
+    if data:
+        lines += throughput_section(data)
+    ops = load("ops.json")
+    if ops:
+        lines += ["## Fast-weight ops", ""] + generic_section(
+            "Forward + backward tokens/s by backend", ops["rows"], "python benchmarks/ops.py"
+        )
+    wake = load("wake_latency.json")
+    if wake:
+        lines += ["## Wake latency", ""]
+        lines += generic_section("Streaming decode", wake["stream"], "python benchmarks/wake_latency.py")
+        lines += generic_section(
+            "Training cost against N", wake["training"], "python benchmarks/wake_latency.py"
+        )
+    (HERE / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
