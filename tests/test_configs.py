@@ -215,3 +215,23 @@ def test_debug_config_composes(compose, name):
 
 def test_debug_fdr_runs(cfg_fit):
     run_fdr(cfg_fit)
+
+
+@pytest.mark.parametrize("eviction", ["sliding", "hard"])
+def test_staged_recipe_warms_up_hard_then_trains_under_the_configured_eviction(compose, eviction):
+    """The paper's sliding-window recipe: SSM-only warm-up with hard eviction, then the full model (and the
+    test) under the configured eviction."""
+    cfg = compose(["experiment=rule110_sleep", "callbacks=staged", f"model.sleep.eviction={eviction}"])
+    schedule = instantiate(cfg.callbacks.sleep_schedule)
+    warm_up, later = schedule.stages[0]["at"], schedule.stages[1]["at"]
+    assert schedule.at(warm_up)[0]["eviction"] == "hard"
+    assert schedule.at(later)[0]["eviction"] == eviction
+    assert schedule.at(later + 10_000)[0]["eviction"] == eviction
+
+
+def test_paper_rule110_budget_is_the_papers_five_billion_tokens(compose):
+    cfg = compose(["experiment=rule110_sleep_paper"])
+    task = instantiate(cfg.data.task)
+    tokens = cfg.trainer.max_steps * cfg.data.batch_size * task.max_length
+    assert task.max_length == 101
+    assert 4.9e9 < tokens < 5.1e9

@@ -83,8 +83,24 @@ def test_answer_metrics_without_depth_and_bad_depth():
     metric.update(logits, labels)
     out = metric.compute()
     assert out["acc@k=0"].item() == pytest.approx(0.75) and out["acc"].item() == pytest.approx(0.75)
-    with pytest.raises(ValueError, match=r"depth must lie in \[0, 256\]"):
+    with pytest.raises(ValueError, match=r"depths must lie in \[0, 256\]"):
         metric.update(logits, labels, torch.tensor([1, 2, 257]))
+
+
+def test_answer_metrics_bucket_each_answer_by_its_own_depth():
+    """Per-position depths (Depo queries with their own k): tokens and exact matches per (sample, depth)."""
+    V = 4
+    labels = torch.tensor([[-100, 1, 2, -100, 3, 0, -100], [-100, 2, 2, -100, 1, 1, -100]])
+    depth = torch.tensor([[0, 1, 1, 0, 3, 3, 0], [0, 3, 3, 0, 1, 1, 0]])
+    predicted = torch.tensor([[0, 1, 2, 0, 3, 1, 0], [0, 2, 2, 0, 1, 1, 0]])  # one wrong: sample 0, k = 3
+    logits = torch.nn.functional.one_hot(predicted, V).float() * 10
+    metric = AnswerMetrics(depth_name="k")
+    metric.update(logits, labels, depth)
+    out = {k: v.item() for k, v in metric.compute().items()}
+    assert out["acc"] == pytest.approx(7 / 8) and out["acc_exact"] == pytest.approx(1 / 2)  # per sample
+    assert out["acc@k=1"] == 1.0 and out["acc_exact@k=1"] == 1.0
+    assert out["acc@k=3"] == pytest.approx(3 / 4) and out["acc_exact@k=3"] == pytest.approx(1 / 2)
+    assert not [k for k in out if k.endswith("=0")]  # unlabelled positions carry no depth bucket
 
 
 # --- optimiser split -----------------------------------------------------------------------------------------

@@ -83,8 +83,14 @@ def check_sample(task: DepoTask, split: str, index: int) -> dict:
     assert len(s["queries"]) == task.num_queries
     assert len({q["start"] for q in s["queries"]}) == task.num_queries
     for q in s["queries"]:
-        assert q["hops"] == s["depth"] and task.hops[0] <= q["hops"] <= task.hops[1]
+        assert task.hops[0] <= q["hops"] <= task.hops[1]
         assert q["answer"] == walk(succ, q["start"], q["hops"])
+    assert s["depth"] == max(q["hops"] for q in s["queries"])
+    if task.hops_per == "sample":
+        assert len({q["hops"] for q in s["queries"]}) == 1
+    # each labelled position carries its own query's hop count, in query order
+    labelled = [d for d, label in zip(s["answer_depth"], s["labels"], strict=True) if label != -100]
+    assert labelled == [q["hops"] for q in s["queries"] for _ in range(task.tokens_per_node)]
     # The same problem read back from the token sequence alone.
     edges, queries, answers = parse_text(task, s["text"], s["labels"])
     assert edges == s["edges"]
@@ -105,12 +111,15 @@ def check_sample(task: DepoTask, split: str, index: int) -> dict:
         {},
         dict(edge_separator=False),
         dict(tokens_per_node=1, node_vocab=20, context_tokens=40, num_queries=3, query_tokens=12),
+        dict(hops_per="sample"),
     ],
 )
 def test_smoke_size_answers_and_layout(kwargs):
     task = DepoTask(**kwargs)
-    depths = {check_sample(task, "train", i)["depth"] for i in range(150)}
-    assert depths == set(task.depths)
+    samples = [check_sample(task, "train", i) for i in range(150)]
+    assert {q["hops"] for s in samples for q in s["queries"]} == set(task.depths)
+    mixed = sum(len({q["hops"] for q in s["queries"]}) > 1 for s in samples)
+    assert (mixed > 30) if task.hops_per == "query" else (mixed == 0)
 
 
 def test_paper_size_is_fast_and_within_360_tokens():
@@ -140,6 +149,7 @@ def test_splits_are_disjoint(disjoint_splits):
         (dict(max_nodes=1, min_nodes=1), r"max_nodes=1 .*>= 2"),
         (dict(min_nodes=9, max_nodes=8), r"min_nodes=9 must be in \[2, max_nodes=8\]"),
         (dict(hops=[0, 3]), r"hops=\[0, 3\] must be >= 1"),
+        (dict(hops_per="batch"), r"hops_per='batch' must be 'query' or 'sample'"),
         (dict(context_tokens=50), r"context_tokens=50 .* needs at least 60 tokens"),
         (dict(query_tokens=10), r"query_tokens=10 .* needs at least 12 tokens"),
         (dict(node_vocab=3), r"only 9 distinct node names, fewer than max_nodes=12"),

@@ -79,7 +79,9 @@ def check_sample(task: GSMInfTask, split: str, index: int) -> dict:
     assert len(ids) == len(labels) <= task.max_length
     assert [i for i, label in enumerate(labels) if label != -100] == [len(ids) - 1]
     answer = int(task.vocab.tokens[labels[-1]])
-    modulus = task.num_values if task.modulus else None
+    # The sample states its own modulus (null when not modular), so it can be checked on its own.
+    modulus = s["modulus"]
+    assert modulus == (task.num_values if task.modulus else None)
     # The exported program, evaluated independently, gives the exported and the labelled answer.
     assert evaluate(s["program"], s["target"], modulus, task.num_values) == s["answer"] == answer
     assert operations_in_closure(s["program"], s["target"]) == s["ops"] == s["depth"]

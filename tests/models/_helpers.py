@@ -116,7 +116,8 @@ def reference_run(
     fast-weight layer starting from the previous pass's S (accumulate) or the pre-window S (restart), and
     every window-local part (KV prefix, conv tail) as it was before the window. Only the last ``grad_passes``
     passes are backpropagated into the state handed on (features and S detached before the first of them,
-    earlier passes without a graph). Blocks outside the loop hand on their wake-pass S.
+    earlier passes without a graph). Blocks before the loop (the prelude) hand on their wake-pass S; blocks
+    after it (the coda) run once more on the last pass's output from the pre-window state (Eq. 6).
 
     Crossing a boundary: ``hard`` lets only S through. ``sliding`` also keeps the wake pass's conv tails and
     its last L-1 keys and values (moved to the new window origin with the layer's own ``shift_cache``,
@@ -164,7 +165,13 @@ def reference_run(
                         S = pre_S[i] if state_mode == "restart" else current[i]
                         h, out = model.blocks[i](h, fast(S, pre_conv[i]), pos=0, sliding=sliding)
                         current[i] = out.S
-        in_S = [current[i] if i in loop else woke_S[i] for i in range(n_blocks)]
+        # Eq. 6's coda: the blocks after the loop run once on the last pass's output, from the pre-window state.
+        for i in range(loop[-1] + 1, n_blocks):
+            h, out = model.blocks[i](
+                h, pre_kv[i] if is_attn[i] else fast(pre_S[i], pre_conv[i]), pos=0, sliding=sliding
+            )
+            current[i] = None if is_attn[i] else out.S
+        in_S = [current[i] if i in loop or i > loop[-1] else woke_S[i] for i in range(n_blocks)]
         if sliding:
             in_conv = [None if is_attn[i] else woke[i].conv for i in range(n_blocks)]
             in_kv = [

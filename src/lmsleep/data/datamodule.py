@@ -37,7 +37,8 @@ class TaskDataset(Dataset):
 def collate(samples: list[dict[str, Any]], pad_id: int = 0, multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """Right-pad ``input_ids`` (with ``pad_id``) and ``labels`` (with -100) to a common length.
 
-    Returns ``input_ids`` and ``labels`` ``[B, T]`` (long) and ``depth`` ``[B]`` (long).
+    Returns ``input_ids`` and ``labels`` ``[B, T]`` (long) and ``depth`` ``[B]`` (long), and
+    ``answer_depth`` ``[B, T]`` (the depth of each labelled position's answer) when the samples carry it.
     """
     longest = max(len(s["input_ids"]) for s in samples)
     length = -(-longest // multiple_of) * multiple_of
@@ -48,7 +49,14 @@ def collate(samples: list[dict[str, Any]], pad_id: int = 0, multiple_of: int = 1
         ids[b, :n] = torch.as_tensor(s["input_ids"])
         labels[b, :n] = torch.as_tensor(s["labels"])
     depth = torch.as_tensor([s["depth"] for s in samples], dtype=torch.long)
-    return {"input_ids": ids, "labels": labels, "depth": depth}
+    batch = {"input_ids": ids, "labels": labels, "depth": depth}
+    if any("answer_depth" in s for s in samples):
+        answer_depth = depth[:, None].repeat(1, length)
+        for b, s in enumerate(samples):
+            if "answer_depth" in s:
+                answer_depth[b, : len(s["answer_depth"])] = torch.as_tensor(s["answer_depth"])
+        batch["answer_depth"] = answer_depth
+    return batch
 
 
 class TaskDataModule(L.LightningDataModule):

@@ -1,9 +1,10 @@
 """Depo: k-hop retrieval on one shuffled directed cycle (SPEC section 3; Physics of Language Models, Part 4.1).
 
 A sample is one directed cycle of ``n`` nodes (``n`` uniform in ``[min_nodes, max_nodes]``) presented as its
-``n`` edges in random order, then ``num_queries`` questions "which node is ``k`` hops after ``x``?". Every
-query of a sample shares one hop count ``k`` (uniform in ``hops``), so the sample's depth is exactly ``k`` and
-per-depth metrics need no per-query bookkeeping.
+``n`` edges in random order, then ``num_queries`` questions "which node is ``k`` hops after ``x``?". As in the
+paper's example ("1 hop after a" and "4 hops after e" in one sample), every query draws its own ``k``
+(uniform in ``hops``; ``hops_per="query"``), and per-depth metrics bucket each query's answer by its own
+``k``; the sample's depth is its largest ``k``. ``hops_per="sample"`` draws one ``k`` for all queries.
 
 A node name is ``tokens_per_node`` tokens from a node alphabet of ``node_vocab`` short letter-digit tokens
 (``a0 .. a9 b0 .. b9 ...``); the name as a string is its tokens concatenated (``b3c1``). Layout of one sample
@@ -72,7 +73,8 @@ class DepoTask(Task):
         context_tokens: length of the left-padded edge list; must hold ``max_nodes`` edges.
         num_queries: queries per sample, with distinct start nodes (so ``min_nodes >= num_queries``).
         query_tokens: bound on the query part; must hold ``num_queries * (2 P + 2)`` tokens.
-        hops: hop count k, an int or an inclusive range ``[lo, hi]``, drawn once per sample.
+        hops: hop count k, an int or an inclusive range ``[lo, hi]``.
+        hops_per: ``query`` (each query draws its own k, the paper) or ``sample`` (one k for all queries).
         window: window L.
         seed: generation seed.
     """
@@ -91,10 +93,14 @@ class DepoTask(Task):
         num_queries: int = 2,
         query_tokens: int = 16,
         hops: Any = (1, 4),
+        hops_per: str = "query",
         window: int = 16,
         seed: int = 0,
     ):
         super().__init__(seed=seed, window=window)
+        if hops_per not in ("query", "sample"):
+            raise ValueError(f"depo: hops_per={hops_per!r} must be 'query' or 'sample'")
+        self.hops_per = hops_per
         if max_nodes < 2:
             raise ValueError(f"depo: max_nodes={max_nodes} is too small; a cycle needs max_nodes >= 2")
         if not 2 <= min_nodes <= max_nodes:
@@ -170,20 +176,37 @@ class DepoTask(Task):
         cycle = self._draw_names(rng, n)  # cycle[i] -> cycle[i + 1], in a random order of names
         edges = [[cycle[i], cycle[(i + 1) % n]] for i in range(n)]
         rng.shuffle(edges)
-        hops = rng.randint(*self.hops)
+        shared = rng.randint(*self.hops) if self.hops_per == "sample" else None
         successor = dict(map(tuple, edges))
         starts = rng.sample(cycle, self.num_queries)
-        queries = [{"start": s, "hops": hops, "answer": walk_cycle(successor, s, hops)} for s in starts]
-        return {"edges": edges, "queries": queries, "hops": hops}
+        hops = [rng.randint(*self.hops) if shared is None else shared for _ in starts]
+        queries = [
+            {"start": s, "hops": k, "answer": walk_cycle(successor, s, k)}
+            for s, k in zip(starts, hops, strict=True)
+        ]
+        return {"edges": edges, "queries": queries}
 
     def key(self, problem: dict[str, Any]) -> str:
-        # The cycle (edge order does not change the problem), the hop count and the ordered queries.
+        # The cycle (edge order does not change the problem) and the ordered queries with their hops.
         cycle = ",".join(sorted(f"{x}>{y}" for x, y in problem["edges"]))
-        queries = ",".join(q["start"] for q in problem["queries"])
-        return f"{cycle}|{problem['hops']}|{queries}"
+        queries = ",".join(f"{q['start']}+{q['hops']}" for q in problem["queries"])
+        return f"{cycle}|{queries}"
 
     def depth(self, problem: dict[str, Any]) -> int:
-        return problem["hops"]
+        """The largest hop count of the sample's queries."""
+        return max(q["hops"] for q in problem["queries"])
+
+    def answer_depths(self, problem: dict[str, Any], labels: list[int]) -> list[int]:
+        """Each labelled position gets the hop count of its query (queries come in order)."""
+        depths, hops = [], iter(q["hops"] for q in problem["queries"])
+        current, in_answer = 0, False
+        for label in labels:
+            labelled = label != IGNORE_INDEX
+            if labelled and not in_answer:  # the first answer position of the next query
+                current = next(hops)
+            in_answer = labelled
+            depths.append(current if labelled else 0)
+        return depths
 
     def encode(self, problem: dict[str, Any]) -> tuple[list[int], list[int]]:
         context: list[str] = []

@@ -332,6 +332,7 @@ class GSMInfTask(Task):
             "ops": ops,
             "target": target,
             "program": program,
+            "modulus": self.modulus,  # None: plain arithmetic, every value within range
         }
 
     def key(self, problem: dict[str, Any]) -> str:

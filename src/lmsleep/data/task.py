@@ -76,6 +76,11 @@ class Task(ABC):
         """Every depth a sample can have, for depth-stratified metrics."""
         return []
 
+    def answer_depths(self, problem: dict[str, Any], labels: list[int]) -> list[int] | None:
+        """Per position, the depth of the answer a labelled position belongs to, when the answers of one
+        problem differ in depth (else None: every answer has the problem's :meth:`depth`)."""
+        return None
+
     # --- shared machinery ----------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
@@ -107,7 +112,11 @@ class Task(ABC):
             raise AssertionError(
                 f"{self.name}: sample of {len(input_ids)} tokens exceeds max_length {self.max_length}"
             )
-        return {**problem, "input_ids": input_ids, "labels": labels, "depth": self.depth(problem)}
+        sample = {**problem, "input_ids": input_ids, "labels": labels, "depth": self.depth(problem)}
+        answer_depths = self.answer_depths(problem, labels)
+        if answer_depths is not None:
+            sample["answer_depth"] = answer_depths
+        return sample
 
     def split_of(self, problem: dict[str, Any]) -> str:
         """The split a problem belongs to (its key's bucket)."""

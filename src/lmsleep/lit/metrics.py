@@ -23,9 +23,12 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 class AnswerMetrics(Metric):
     """Loss, per-answer accuracy and exact-match accuracy, overall and per depth bucket.
 
-    ``update(logits [B, T, V], labels [B, T], depth [B])``. Per-answer accuracy counts every labelled
-    position; a sample is an exact match when all its labelled positions are right (samples without labels are
-    skipped). ``compute()`` returns ``{"loss", "acc", "acc_exact"}`` and, for every depth seen,
+    ``update(logits [B, T, V], labels [B, T], depth)`` with ``depth [B]`` (one depth per sample) or
+    ``[B, T]`` (the depth of the answer each labelled position belongs to, e.g. Depo queries that each draw
+    their own hop count). Per-answer accuracy and loss count every labelled position; overall, a sample is
+    an exact match when all its labelled positions are right (samples without labels are skipped); per
+    depth, the unit is a sample's answers of that depth (all right = exact). ``compute()`` returns
+    ``{"loss", "acc", "acc_exact"}`` and, for every depth seen,
     ``{"loss@<name>=<d>", "acc@<name>=<d>", "acc_exact@<name>=<d>"}``.
     """
 
@@ -34,43 +37,56 @@ class AnswerMetrics(Metric):
     def __init__(self, depth_name: str = "depth", max_depth: int = 256, **kwargs):
         super().__init__(**kwargs)
         self.depth_name, self.max_depth = depth_name, max_depth
-        for name in ("loss_sum", "tokens", "correct", "exact", "samples"):
+        for name in ("loss_sum", "tokens", "correct", "exact", "groups"):
             self.add_state(
                 name, default=torch.zeros(max_depth + 1, dtype=torch.float64), dist_reduce_fx="sum"
             )
+        for name in ("exact_samples", "samples"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, depth: torch.Tensor | None = None) -> None:
         mask = labels != IGNORE_INDEX
-        B = labels.shape[0]
+        B, D = labels.shape[0], self.max_depth + 1
         depth = torch.zeros(B, dtype=torch.long, device=labels.device) if depth is None else depth.long()
-        if (depth < 0).any() or (depth > self.max_depth).any():
-            raise ValueError(f"sample depth must lie in [0, {self.max_depth}], got {depth.tolist()}")
+        checked = depth if depth.dim() == 1 else depth[mask]  # a per-sample depth must be valid anyway
+        if ((checked < 0) | (checked > self.max_depth)).any():
+            raise ValueError(
+                f"answer depths must lie in [0, {self.max_depth}], got {checked.unique().tolist()}"
+            )
+        if depth.dim() == 1:
+            depth = depth[:, None].expand_as(labels)
         safe = labels.masked_fill(~mask, 0)
         token_loss = F.cross_entropy(logits.float().flatten(0, 1), safe.flatten(), reduction="none").view_as(
             labels
         )
         right = (logits.argmax(-1) == labels) & mask
+        d = depth[mask]
+        self.loss_sum.index_add_(0, d, token_loss[mask].to(torch.float64))
+        self.tokens.index_add_(0, d, torch.ones_like(d, dtype=torch.float64))
+        self.correct.index_add_(0, d, right[mask].to(torch.float64))
+        # (sample, depth) groups: present if any labelled position has that depth, exact if none is wrong
+        key = torch.arange(B, device=labels.device)[:, None].expand_as(labels)[mask] * D + d
+        count = torch.zeros(B * D, dtype=torch.float64, device=labels.device).index_add_(
+            0, key, torch.ones_like(key, dtype=torch.float64)
+        )
+        wrong = torch.zeros_like(count).index_add_(0, key, (~right[mask]).to(torch.float64))
+        present = (count > 0).view(B, D)
+        self.groups += present.sum(0)
+        self.exact += (present & (wrong == 0).view(B, D)).sum(0)
         has_answer = mask.any(1)
-        per_sample = {
-            "loss_sum": (token_loss * mask).sum(1),
-            "tokens": mask.sum(1),
-            "correct": right.sum(1),
-            "exact": ((right | ~mask).all(1) & has_answer),
-            "samples": has_answer,
-        }
-        for name, value in per_sample.items():
-            getattr(self, name).index_add_(0, depth, value.to(torch.float64))
+        self.samples += has_answer.sum()
+        self.exact_samples += ((right | ~mask).all(1) & has_answer).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
         def summary(idx) -> dict[str, torch.Tensor]:
-            tokens, samples = self.tokens[idx].sum(), self.samples[idx].sum()
+            tokens = self.tokens[idx].sum()
             return {
                 "loss": self.loss_sum[idx].sum() / tokens.clamp(min=1),
                 "acc": self.correct[idx].sum() / tokens.clamp(min=1),
-                "acc_exact": self.exact[idx].sum() / samples.clamp(min=1),
             }
 
-        out = summary(slice(None))
-        for d in torch.nonzero(self.samples).flatten().tolist():
+        out = {**summary(slice(None)), "acc_exact": self.exact_samples / self.samples.clamp(min=1)}
+        for d in torch.nonzero(self.groups).flatten().tolist():
             out.update({f"{k}@{self.depth_name}={d}": v for k, v in summary(slice(d, d + 1)).items()})
+            out[f"acc_exact@{self.depth_name}={d}"] = self.exact[d] / self.groups[d]
         return {k: v.float() for k, v in out.items()}

@@ -108,7 +108,8 @@ class LitLM(L.LightningModule, SleepHooks):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         logits, _ = self(batch["input_ids"])
-        getattr(self, f"{split}_metrics").update(logits, batch["labels"], batch["depth"])
+        depth = batch.get("answer_depth", batch["depth"])  # per answer where a sample mixes depths
+        getattr(self, f"{split}_metrics").update(logits, batch["labels"], depth)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

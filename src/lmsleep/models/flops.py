@@ -124,8 +124,9 @@ class _Counter:
 def forward_flops(model, cfg: SleepConfig, seq_len: int) -> FlopCount:
     """Forward FLOPs of :func:`lmsleep.models.sleep.run_windows` over one sequence of ``seq_len`` tokens
     (a :class:`~lmsleep.models.HybridLM` on CPU: the torch backends), following the same schedule: the
-    one-span path without sleep, else each window's wake pass and its N - 1 sleep passes over the looped
-    blocks, with the KV each attention query sees under the eviction."""
+    one-span path without sleep, else each window's wake pass, its N - 1 sleep passes over the looped
+    blocks and the blocks after the loop once more, with the KV each attention query sees under the
+    eviction."""
     count = FlopCount(seq_len)
     c = _Counter(model, cfg, count)
     depth = len(model.blocks)
@@ -148,6 +149,8 @@ def forward_flops(model, cfg: SleepConfig, seq_len: int) -> FlopCount:
             for _ in range(cfg.passes - 1):
                 for i in model.loop_range:
                     c.block(i, length, keys=prefix + length)
+            for i in range(model.loop_range[-1] + 1, depth):  # Eq. 6's coda, once on the last pass
+                c.block(i, length, keys=prefix + length)
         if cfg.eviction == "sliding":
             prefix = min(prefix + length, L - 1)
     return count

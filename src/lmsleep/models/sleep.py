@@ -13,6 +13,7 @@ The same functions serve training (:func:`run_windows`), evaluation and streamin
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +38,11 @@ class SleepConfig:
         window: L >= 1, tokens per window (ignored when ``eviction="none"``).
         eviction: ``none`` (full context, one window), ``hard`` (KV emptied at every boundary) or
             ``sliding`` (the last L-1 wake-pass KV entries stay, attention masked to width L).
-        grad_passes: backpropagate through only the last k of the N passes of each window into the state
-            handed on (None = all, the paper).
+        grad_passes: backpropagate through only the last k of the N passes of each window (None = all, the
+            paper). The features and fast weights are detached before the first kept pass, so the state
+            handed to the next window carries gradient into the parameters of the kept passes only: no
+            gradient from later windows reaches a consolidated window's tokens (its wake pass) or any earlier
+            window. A run warns once when it is set below N.
         tbptt_windows: detach the state every k windows (None = never, full BPTT as in the paper).
         checkpoint_windows: recompute each window's activations in the backward pass (saves memory).
         state_mode: ``accumulate`` (each pass continues from the previous pass's fast weights, the paper) or
@@ -69,6 +73,8 @@ class SleepConfig:
                 f"sleep.tbptt_windows must be >= 1 or null (never detach), got {self.tbptt_windows}"
             )
         self.passes, self.window = int(self.passes), int(self.window)
+        if self.grad_passes is not None and int(self.grad_passes) < self.passes:
+            _warn_truncated_sleep_gradient(int(self.grad_passes), self.passes)
 
     @property
     def sliding(self) -> int | None:
@@ -77,6 +83,21 @@ class SleepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_truncated_sleep_gradient(grad_passes: int, passes: int) -> None:
+    if "grad_passes" not in _WARNED:
+        _WARNED.add("grad_passes")
+        warnings.warn(
+            f"sleep.grad_passes={grad_passes} < passes={passes}: features and fast weights are detached before "
+            "the kept passes, so no gradient from later windows reaches a consolidated window's tokens or "
+            "any earlier window (set grad_passes=null for full backprop, as in the paper)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class SleepHooks:
@@ -163,13 +184,30 @@ def sleep(
             start = _sleep_pass_start(pre, state, cfg, looped)
             with torch.no_grad() if p < first_grad_pass else contextlib.nullcontext():
                 h, _, after = model.run_blocks(h, start, looped, pos=0, sliding=cfg.sliding)
-            # Blocks outside the loop keep their wake-pass state.
+            # Blocks outside the loop keep their wake-pass state (the coda is rewritten below).
             state = ModelState(
                 [after.layers[i] if i in looped else woke.layers[i] for i in range(len(model.blocks))], 0, w
             )
             hooks.on_sleep_pass(w, p, start, state)
+        state = _coda(model, h, pre, state, cfg)
         hooks.on_sleep_end(w, n, state)
     return evict(model, state, woke, cfg)
+
+
+def _coda(
+    model: HybridLM, h: torch.Tensor, pre: ModelState, state: ModelState, cfg: SleepConfig
+) -> ModelState:
+    """Eq. 6 with a looped slice: the blocks after the slice run once more, on the last pass's output, from
+    their pre-window state, so their fast weights are written from the consolidated features (the prelude,
+    the blocks before the slice, keeps its wake pass: it runs once on the same tokens either way)."""
+    coda = range(model.loop_range[-1] + 1, len(model.blocks))
+    if not coda:
+        return state
+    start = ModelState(list(pre.layers), 0, state.window_index)
+    _, _, after = model.run_blocks(h, start, coda, pos=0, sliding=cfg.sliding)
+    return ModelState(
+        [after.layers[i] if i in coda else s for i, s in enumerate(state.layers)], 0, state.window_index
+    )
 
 
 def evict(model: HybridLM, state: ModelState, woke: ModelState, cfg: SleepConfig) -> ModelState:
