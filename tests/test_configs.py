@@ -235,3 +235,14 @@ def test_paper_rule110_budget_is_the_papers_five_billion_tokens(compose):
     tokens = cfg.trainer.max_steps * cfg.data.batch_size * task.max_length
     assert task.max_length == 101
     assert 4.9e9 < tokens < 5.1e9
+
+
+@pytest.mark.parametrize("name", ["rule110_sleep_paper", "depo_sleep_paper", "gsm_inf_sleep_paper"])
+def test_paper_experiments_state_a_global_batch_split_over_devices(compose, name):
+    cfg = compose([f"experiment={name}"])
+    assert cfg.data.batch_size == cfg.global_batch_size  # one CPU device
+    cfg = compose([f"experiment={name}", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+    assert cfg.data.batch_size * 8 == cfg.global_batch_size
+    cfg = compose([f"experiment={name}", "trainer.devices=3"])
+    with pytest.raises(Exception, match="does not split evenly over 3 devices"):
+        _ = cfg.data.batch_size

@@ -19,6 +19,31 @@ class ConfigError(ValueError):
     """A configuration or input that cannot work; the message says what was wrong and how to fix it."""
 
 
+def per_device_batch(global_batch: int, devices: Any, num_nodes: Any = 1) -> int:
+    """``${per_device_batch:<global>,${trainer.devices},${trainer.num_nodes}}``: the per-device batch that
+    makes a global batch across all ranks (Lightning's ``data.batch_size`` is per device under DDP).
+
+    ``devices`` is an int, a list of device ids, or ``auto``/``-1`` (all visible GPUs, else 1).
+    """
+    if isinstance(devices, str) and devices.lstrip("-").isdigit():
+        devices = int(devices)
+    if devices in ("auto", -1):
+        devices = max(1, torch.cuda.device_count())
+    count = int(devices) if isinstance(devices, int) else len(devices)
+    world = count * int(num_nodes)
+    if world < 1 or int(global_batch) % world:
+        raise ConfigError(
+            f"global batch {global_batch} does not split evenly over {world} devices "
+            f"(trainer.devices={devices}, trainer.num_nodes={num_nodes}); choose a device count that divides "
+            "it or set data.batch_size (per device) yourself"
+        )
+    return int(global_batch) // world
+
+
+if not OmegaConf.has_resolver("per_device_batch"):
+    OmegaConf.register_new_resolver("per_device_batch", per_device_batch)
+
+
 def config_dir() -> str:
     if not CONFIG_DIR.is_dir():
         raise ConfigError(
