@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,8 +62,9 @@ def worker(args: argparse.Namespace) -> dict:
     with initialize_config_dir(config_dir(), version_base="1.3"):
         cfg = compose("fit", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
+    run_dir = tempfile.TemporaryDirectory(prefix="lmsleep-bench-run-")
     with open_dict(cfg):
-        cfg.paths.output_dir = tempfile.mkdtemp(prefix="lmsleep-bench-run-")
+        cfg.paths.output_dir = run_dir.name
 
     class StepTimer(L.Callback):
         def __init__(self):
@@ -91,6 +93,7 @@ def worker(args: argparse.Namespace) -> dict:
     timer = StepTimer()
     trainer.callbacks.append(timer)
     trainer.fit(model=model, datamodule=datamodule)
+    run_dir.cleanup()
     timed = timer.step_s[args.warmup :]
     return {
         "ms_per_step": 1e3 * statistics.median(timed),
@@ -172,7 +175,7 @@ def flops_per_token(args: argparse.Namespace, n: int, seq_len: int) -> dict:
 
 
 def checkout(rev: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="lmsleep-bench-")) / "tree"
+    path = Path(tempfile.mkdtemp(prefix="lmsleep-bench-")) / "tree"  # removed with the worktree
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev],
         check=True,
@@ -229,6 +232,7 @@ def main() -> None:
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees[args.against])],
                 capture_output=True,
             )
+            shutil.rmtree(trees[args.against].parent, ignore_errors=True)
 
     peak = {k: max(peaks[k], peaks_after[k]) for k in peaks}
     rows = []

@@ -21,12 +21,13 @@ commands:
   fit           train, then test the best checkpoint     lmsleep fit experiment=rule110_transformer
   test          evaluate a checkpoint on the test split  lmsleep test ckpt_path=logs/fit/runs/<run>/checkpoints/last.ckpt
   export-data   write task samples as JSON lines         lmsleep export-data data=rule110 split=test n=100 out=FILE.jsonl
+  report        tables and plots of runs (mean over seeds) lmsleep report logs/rule110_sleep/runs/* out=results/
 
 Every value in configs/ can be overridden (key=value); `lmsleep fit --cfg job` prints the composed config,
 `lmsleep fit --help` lists the config groups, `-m key=a,b` runs a sweep.
 """
 
-COMMANDS = ("fit", "test", "export-data", "export_data", "export")
+COMMANDS = ("fit", "test", "export-data", "export_data", "export", "report")
 # Lightning's DDP launcher starts ranks > 0 as `python <sys.argv[0]> <sys.argv[1:]>` (or `python -m <main module>
 # ...`), and Hydra's overrides must be all of sys.argv[1:]; the command reaches those processes through this variable.
 COMMAND_ENV = "LMSLEEP_COMMAND"
@@ -132,8 +133,14 @@ def main(argv: list[str] | None = None) -> None:
             _run("test", _test, rest, "test")
         elif command in ("export-data", "export_data", "export"):
             _run("export", _export, rest, "export-data")
+        elif command == "report":
+            from lmsleep.report import main as report_main
+
+            report_main(rest)
         else:
-            raise ConfigError(f"unknown command {command!r}; use one of: fit, test, export-data\n\n{USAGE}")
+            raise ConfigError(
+                f"unknown command {command!r}; use one of: fit, test, export-data, report\n\n{USAGE}"
+            )
     except ConfigError as exc:
         _config_error_exit(exc)
 

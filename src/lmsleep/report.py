@@ -1,0 +1,235 @@
+"""``lmsleep report RUN_DIRS... out=results/``: tables and plots of a study from its runs' logs.
+
+Step 1 reads every run folder (``config.yaml`` and the TensorBoard event files ``lmsleep fit`` wrote) and
+writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,value``) and ``<out>/raw/<run>.json``
+(the run's label, seed and settings). Step 2 builds everything else from those raw files alone, so
+``lmsleep report <out>/raw out=<out>`` reproduces the tables and plots exactly from committed raw metrics:
+
+- ``<out>/summary.md``: per configuration (runs that differ only in their seed), the final and the best value
+  of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained;
+- ``<out>/curves.png``: validation exact and per-answer accuracy against training tokens, one line per
+  configuration (the mean over seeds, shaded between the seeds' min and max);
+- ``<out>/depth.png``: test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration.
+
+Tokens are ``step x batch_size x (the task's max_length)`` summed over devices, i.e. the tokens the model
+was trained on including padding.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from lmsleep.utils.config import ConfigError
+
+FINAL_METRICS = ("val/acc", "val/acc_exact", "val/loss", "test/acc", "test/acc_exact", "test/loss")
+DEPTH_TAG = re.compile(r"^test/acc_exact@(\w+)=(\d+)$")
+
+
+# --- step 1: run folders -> raw files -----------------------------------------------------------------------
+def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings that identify a configuration (everything a seed does not change) and its label."""
+    from hydra.utils import instantiate
+
+    model, sleep = cfg["model"]["net"], cfg["model"].get("sleep", {})
+    layout = model.get("layout", "")
+    kind = "transformer" if "ssm" not in str(layout) else "hybrid"
+    task = instantiate(cfg["data"]["task"])
+    devices = cfg["trainer"].get("devices", 1)
+    world = (devices if isinstance(devices, int) else len(devices)) * int(cfg["trainer"].get("num_nodes", 1))
+    settings = {
+        "task_name": cfg.get("task_name"),
+        "model": kind,
+        "passes": int(sleep.get("passes", 1)),
+        "eviction": sleep.get("eviction", "none"),
+        "window": sleep.get("window"),
+        "dim": model.get("dim"),
+        "tokens_per_step": int(cfg["data"]["batch_size"]) * task.max_length * world,
+        "data": {k: v for k, v in cfg["data"]["task"].items() if k not in ("_target_", "seed")},
+    }
+    label = f"{settings['task_name']} {kind}" + (f" N={settings['passes']}" if kind == "hybrid" else "")
+    label += {"none": " (no eviction)", "sliding": " (sliding)"}.get(settings["eviction"], "")
+    return {"label": label, "seed": cfg.get("seed"), "settings": settings}
+
+
+def read_scalars(run_dir: Path) -> list[tuple[int, str, float]]:
+    """Every scalar of the run's TensorBoard event files as ``(step, tag, value)``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = []
+    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            rows += [(e.step, tag, float(e.value)) for e in acc.Scalars(tag)]
+    return sorted(set(rows))
+
+
+def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
+    from omegaconf import OmegaConf
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder of `lmsleep fit`: it has no config.yaml")
+    meta = run_settings(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+    scalars = read_scalars(run_dir)
+    if not scalars:
+        raise ConfigError(f"{run_dir} holds no TensorBoard scalars (was it run with logger=tensorboard?)")
+    meta["run_dir"] = str(run_dir)
+    per_step = meta["settings"]["tokens_per_step"]
+    with open(raw / f"{name}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "tokens", "tag", "value"])
+        writer.writerows((step, step * per_step, tag, repr(value)) for step, tag, value in scalars)
+    (raw / f"{name}.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return raw / f"{name}.csv"
+
+
+# --- step 2: raw files -> tables and plots ------------------------------------------------------------------
+def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
+    """Runs grouped by label: ``{label: [{"seed", "meta", "series": {tag: [(step, tokens, value)]}}]}``."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for meta_file in sorted(raw.glob("*.json")):
+        meta = json.loads(meta_file.read_text())
+        series: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
+        with open(meta_file.with_suffix(".csv"), newline="") as f:
+            for row in csv.DictReader(f):
+                series[row["tag"]].append((int(row["step"]), int(row["tokens"]), float(row["value"])))
+        groups[meta["label"]].append({"seed": meta["seed"], "meta": meta, "series": dict(series)})
+    if not groups:
+        raise ConfigError(f"{raw} holds no raw run files (<run>.json and <run>.csv)")
+    return dict(sorted(groups.items()))
+
+
+def _stats(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def summary_table(groups: dict[str, list[dict[str, Any]]]) -> str:
+    lines = [
+        "Final and best value of each metric: mean [min, max] over seeds.",
+        "",
+        "| configuration | seeds | tokens | metric | final | best |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, runs in groups.items():
+        tokens = max(max((t for _, t, _ in s), default=0) for r in runs for s in r["series"].values())
+        for metric in FINAL_METRICS:
+            have = [r["series"][metric] for r in runs if metric in r["series"]]
+            if not have:
+                continue
+            best = min if metric.endswith("loss") else max
+            final = [s[-1][2] for s in have]
+            top = [best(v for _, _, v in s) for s in have]
+            lines.append(
+                f"| {label} | {len(have)} | {tokens / 1e6:.1f}M | {metric} | {_stats(final)} | {_stats(top)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_figure(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("val/acc_exact", "val/acc"), strict=True):
+        for label, runs in groups.items():
+            have = [r["series"][metric] for r in runs if metric in r["series"]]
+            if not have:
+                continue
+            by_tokens: dict[int, list[float]] = defaultdict(list)
+            for s in have:
+                for _, tokens, value in s:
+                    by_tokens[tokens].append(value)
+            xs = sorted(by_tokens)
+            ax.plot([x / 1e6 for x in xs], [statistics.fmean(by_tokens[x]) for x in xs], label=label)
+            if len(have) > 1:
+                ax.fill_between(
+                    [x / 1e6 for x in xs],
+                    [min(by_tokens[x]) for x in xs],
+                    [max(by_tokens[x]) for x in xs],
+                    alpha=0.2,
+                )
+        ax.set(xlabel="training tokens (M)", ylabel=metric, title=f"{metric} against tokens")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def depth_figure(groups: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    axis_name = None
+    for label, runs in groups.items():
+        by_depth: dict[int, list[float]] = defaultdict(list)
+        for r in runs:
+            for tag, s in r["series"].items():
+                match = DEPTH_TAG.match(tag)
+                if match:
+                    axis_name = match.group(1)
+                    by_depth[int(match.group(2))].append(s[-1][2])
+        if by_depth:
+            xs = sorted(by_depth)
+            ax.plot(xs, [statistics.fmean(by_depth[x]) for x in xs], "o-", label=label)
+    if axis_name is None:
+        plt.close(fig)
+        return False
+    ax.set(xlabel=f"depth {axis_name}", ylabel="test exact accuracy", title="test exact accuracy by depth")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def build(raw: Path, out: Path) -> list[Path]:
+    """Tables and plots from the raw files in ``raw``; returns the files written."""
+    groups = load_raw(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(summary_table(groups))
+    curves_figure(groups, out / "curves.png")
+    written = [out / "summary.md", out / "curves.png"]
+    if depth_figure(groups, out / "depth.png"):
+        written.append(out / "depth.png")
+    return written
+
+
+def report(paths: list[str], out: str = "results") -> list[Path]:
+    """Run folders (or one folder of raw files) -> ``out/raw/`` and the tables and plots in ``out``."""
+    if not paths:
+        raise ConfigError("lmsleep report needs run folders (logs/<task>/runs/<time>) or a raw/ folder")
+    out_dir = Path(out)
+    dirs = [Path(p) for p in paths]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise ConfigError(f"lmsleep report: not a folder: {', '.join(missing)}")
+    if len(dirs) == 1 and list(dirs[0].glob("*.json")) and not (dirs[0] / "config.yaml").exists():
+        return build(dirs[0], out_dir)  # committed raw files: reproduce the tables and plots
+    raw = out_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for d in dirs:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(d.resolve().relative_to(d.resolve().anchor)))[-120:]
+        write_raw(d, raw, name)
+    return build(raw, out_dir)
+
+
+def main(args: list[str]) -> None:
+    out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), "results")
+    paths = [a for a in args if not a.startswith("out=")]
+    for path in report(paths, out):
+        print(f"wrote {path}")
