@@ -251,7 +251,10 @@ def state_tensors_close(a: ModelState, b: ModelState, atol: float, rtol: float) 
             u, v = getattr(x, name), getattr(y, name)
             if (u is None) != (v is None):
                 return False
-            if u is not None and (u.shape != v.shape or not torch.allclose(u, v, atol=atol, rtol=rtol)):
+            if not isinstance(u, torch.Tensor):
+                if u != v:
+                    return False
+            elif u.shape != v.shape or not torch.allclose(u, v, atol=atol, rtol=rtol):
                 return False
     return True
 

@@ -40,12 +40,14 @@ class SleepMonitor(Callback):
         self.every_n_steps = every_n_steps
         self.active = False
         self.step = 0
+        self._taps: list[Any] = []
         self._reset()
 
     def _reset(self) -> None:
         self.sleeps, self.seconds, self.peak_kv = 0, 0.0, 0
         self.rel_change: dict[tuple[int, int], list[float]] = defaultdict(list)
         self.norms: dict[int, float] = {}
+        self.gates: dict[int, dict[str, torch.Tensor]] = {}
         self._t0 = 0.0
 
     def _mixers(self, pl_module: L.LightningModule) -> dict[int, FastWeightMixer]:
@@ -59,8 +61,22 @@ class SleepMonitor(Callback):
         # the step this batch is logged under (global_step has moved on by the batch's end)
         self.step = trainer.global_step
         self._reset()
-        for mixer in self._mixers(pl_module).values():
-            mixer.record_gates = self.active
+        self._remove_taps()
+        if self.active:  # forward hooks on the layers' gate taps record the last gates of this step
+            for i, mixer in self._mixers(pl_module).items():
+                self._taps.append(mixer.gate_tap.register_forward_hook(self._recorder(i)))
+
+    def _recorder(self, layer: int):
+        def record(module, inputs, output) -> None:
+            log_a, b = output
+            self.gates[layer] = {"decay": log_a.detach().exp(), "write": b.detach()}
+
+        return record
+
+    def _remove_taps(self) -> None:
+        for handle in self._taps:
+            handle.remove()
+        self._taps = []
 
     # --- hooks from LitLM (wake/sleep phases) -----------------------------------------------------------
     def on_wake_end(
@@ -104,9 +120,7 @@ class SleepMonitor(Callback):
         if not self.active:
             return
         writer = next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        mixers = self._mixers(pl_module)
-        for mixer in mixers.values():
-            mixer.record_gates = False
+        self._remove_taps()
         if writer is None:
             return
         step = self.step
@@ -126,9 +140,9 @@ class SleepMonitor(Callback):
         )
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, step)
-        for i, mixer in mixers.items():
-            for name, values in mixer.last_gates.items():
+        for i, gates in self.gates.items():
+            for name, values in gates.items():
                 writer.add_histogram(
                     f"sleep_monitor/gates/layer{i}/{name}", values.float().flatten().cpu(), step
                 )
-            mixer.last_gates = {}
+        self.gates = {}

@@ -57,6 +57,29 @@ class FastWeights:
         """Only the fast weights: what crosses a hard-eviction boundary."""
         return FastWeights(self.S, None)
 
+    def start_sleep_pass(self, pre: FastWeights | None, state_mode: str) -> FastWeights | None:
+        """A sleep pass re-reads the window from its pre-window local context, with these fast weights
+        (``accumulate``, the paper) or the pre-window ones (``restart``)."""
+        return self.with_local_from(pre) if state_mode == "accumulate" else pre
+
+    def evict(self, woke: FastWeights, eviction: str, window: int, woke_pos: int) -> FastWeights:
+        """Only S crosses a hard boundary; under sliding eviction the conv context continues from the wake
+        pass, as the tokens do."""
+        return self.without_local() if eviction == "hard" else self.with_local_from(woke)
+
+    def last_window_of_span(self, window: int, last: int, span: int) -> FastWeights:
+        """A fast-weight layer carries its state through a one-span wake by itself: nothing to adjust."""
+        return self
+
+
+class GateTap(nn.Module):
+    """An observation point for the gates ``(log a_t, b_t)`` (log decay, write) of a fast-weight layer, each
+    ``[B, T, H]``: it returns its input unchanged, and forward hooks on it (``SleepMonitor``) see them.
+    It has no parameters, so checkpoints are unaffected."""
+
+    def forward(self, gates: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return gates
+
 
 class FastWeightMixer(nn.Module):
     """``x [B, T, D] -> y [B, T, D]`` with fast weights carried in a :class:`FastWeights` state.
@@ -113,8 +136,7 @@ class FastWeightMixer(nn.Module):
         self.out_gate = nn.Linear(dim, v, bias=False)
         self.out_norm = nn.RMSNorm(self.value_dim)
         self.out = nn.Linear(v, dim, bias=False)
-        self.record_gates = False
-        self.last_gates: dict[str, torch.Tensor] = {}
+        self.gate_tap = GateTap()
 
     def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token ``(log a_t, b_t)``, each ``[B, T, H]``: decay (log, <= 0) and write strength."""
@@ -194,8 +216,7 @@ class FastWeightMixer(nn.Module):
         q, k = F.normalize(qk.view(B, T, 2 * H, K), dim=-1).split(H, dim=2)  # both in one call
         v = v.view(B, T, H, V)
         log_a, b = self.gates_from_projections(a_proj, b_proj)
-        if self.record_gates:
-            self.last_gates = {"decay": log_a.detach().exp(), "write": b.detach()}
+        self.gate_tap((log_a, b))  # identity; forward hooks on it observe the gates
         S0 = None if state is None else state.S
         backend = (
             "recurrent"

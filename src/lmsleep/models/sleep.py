@@ -145,15 +145,11 @@ def wake(
 
 
 def _sleep_pass_start(pre: ModelState, prev: ModelState, cfg: SleepConfig, looped: range) -> ModelState:
-    """State at the start of a sleep pass: window-local parts (KV prefix, conv tails) as before the window,
-    fast weights from the previous pass (accumulate) or from before the window (restart)."""
+    """State at the start of a sleep pass: each looped layer's state decides from its previous pass and its
+    pre-window state (window-local parts as before the window, fast weights per ``state_mode``)."""
     layers = list(prev.layers)
     for i in looped:
-        current = prev.layers[i]
-        if cfg.state_mode == "accumulate" and hasattr(current, "with_local_from"):
-            layers[i] = current.with_local_from(pre.layers[i])
-        else:  # attention: the KV prefix; restart: the pre-window fast weights
-            layers[i] = pre.layers[i]
+        layers[i] = prev.layers[i].start_sleep_pass(pre.layers[i], cfg.state_mode)
     return ModelState(layers, 0, prev.window_index)
 
 
@@ -211,24 +207,12 @@ def _coda(
 
 
 def evict(model: HybridLM, state: ModelState, woke: ModelState, cfg: SleepConfig) -> ModelState:
-    """End a window: only fast weights cross a hard boundary; sliding keeps the last L-1 wake-pass KV entries."""
-    layers = []
-    for i, s in enumerate(state.layers):
-        if model.kinds[i] == "attn":
-            s = woke.layers[i]
-            if cfg.eviction == "sliding" and s is not None and cfg.window > 1:
-                layers.append(
-                    model.blocks[i].mixer.shift_cache(s, keep=min(len(s), cfg.window - 1), shift=woke.pos)
-                )
-            else:
-                layers.append(None)
-        elif s is not None and cfg.eviction == "hard":
-            layers.append(s.without_local())
-        elif s is not None:
-            # Sliding: the local context (conv tail) continues from the wake pass, as the tokens do.
-            layers.append(s.with_local_from(woke.layers[i]))
-        else:
-            layers.append(None)
+    """End a window: each layer's state decides what crosses the boundary (hard: only fast weights;
+    sliding: also the wake pass's last L-1 KV entries and conv context)."""
+    layers = [
+        None if s is None else s.evict(woke.layers[i], cfg.eviction, cfg.window, woke.pos)
+        for i, s in enumerate(state.layers)
+    ]
     return ModelState(layers, 0, state.window_index + 1)
 
 
@@ -325,15 +309,9 @@ def _one_pass_windows(
     hooks.on_wake_start(state.window_index)
     hard = cfg.eviction == "hard"
     logits, _, woke = wake(model, input_ids, state, cfg, evict_every=L if hard else None)
-    layers = list(woke.layers)
-    if not hard:  # the last window's KV: its own keys and the L - 1 before it, positions from its start
-        for i, kind in enumerate(model.kinds):
-            if kind == "attn":
-                s = layers[i]
-                layers[i] = model.blocks[i].mixer.shift_cache(
-                    s, keep=min(len(s), L - 1 + last), shift=T - last
-                )
-    final = ModelState(layers, last, state.window_index + n - 1)
+    if not hard:  # e.g. the last window's KV: its own keys and the L - 1 before it, from its start
+        woke = ModelState([None if s is None else s.last_window_of_span(L, last, T) for s in woke.layers])
+    final = ModelState(woke.layers, last, state.window_index + n - 1)
     hooks.on_wake_end(final.window_index, final)
     return logits, final
 
