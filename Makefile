@@ -6,20 +6,23 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help install train test test-all test-gpu lint format bench tensorboard clean
+.PHONY: help install install-cuda train test test-all test-gpu lint format bench tensorboard clean
 
 help:
 	@echo "make train      set up .venv and run the default experiment on CPU (minutes)"
 	@echo "make test       set up .venv and run the test suite (< 10 min)"
 	@echo "make test-all   also run the slow tests"
 	@echo "make bench      run the benchmarks and write benchmarks/RESULTS.md (BENCH_AGAINST=rev compares)"
-	@echo "make lint       ruff check"
+	@echo "make test-gpu   install the cuda extra (mamba-ssm, flash-linear-attention), run the GPU tests"
+	@echo "make lint       ruff check and ruff format --check (what CI runs)"
+	@echo "make format     ruff format"
 	@echo "make tensorboard  open TensorBoard on logs/"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, pinned: a bare torch requirement would pull a multi-GB CUDA build.
+# torch first, pinned on this machine: pyproject.toml asks only torch>=2.9, and a bare torch requirement
+# would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
@@ -37,11 +40,19 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
-test-gpu: $(STAMP)
+# The kernel packages build against the installed torch (a CUDA build on a GPU machine).
+$(VENV)/.installed-cuda: $(STAMP)
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,cuda]"
+	@touch $@
+
+install-cuda: $(VENV)/.installed-cuda
+
+test-gpu: $(VENV)/.installed-cuda
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lmsleep.lit.optim import OptimConfig, build_optimizers
+from lmsleep.lit.optim import OptimConfig, build_optimizer
 from lmsleep.models import HybridLM, SleepConfig, run_windows
 from lmsleep.models.flops import forward_flops
 
@@ -37,19 +37,17 @@ def measure(args: argparse.Namespace, passes: int, window: int) -> dict:
     vocab = 64
     ssm = {"rule": "gated_delta", "heads": 4, "head_dim": args.dim // 4}
     model = HybridLM(vocab, dim=args.dim, layout="attn,ssm,attn,ssm", heads=4, ssm=ssm)
-    optimizers = build_optimizers(model, OptimConfig())
+    optimizer = build_optimizer(model, OptimConfig())
     cfg = SleepConfig(passes=passes, window=window, eviction="hard")
     ids = torch.randint(0, vocab, (args.batch, args.seq_len))
 
     def step() -> None:
         logits, _ = run_windows(model, ids, cfg)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for opt in optimizers:
-            opt.step()
+        optimizer.step()
 
     for _ in range(args.warmup):
         step()

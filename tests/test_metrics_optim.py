@@ -1,18 +1,17 @@
-"""AnswerMetrics and masked_cross_entropy on a hand-made batch; the Muon/AdamW split; the LR schedule."""
+"""AnswerMetrics and masked_cross_entropy on a hand-made batch; the Muon/AdamW split; the LR schedule.
+(The optimiser under Lightning: tests/test_optimizer.py.)"""
 
 from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from lmsleep.lit.metrics import AnswerMetrics, masked_cross_entropy
-from lmsleep.lit.optim import OptimConfig, build_optimizers, split_parameters, warmup_cosine
+from lmsleep.lit.optim import OptimConfig, build_optimizer, split_parameters, warmup_cosine
 from lmsleep.models import HybridLM
-from lmsleep.utils.config import build_data_and_model
 
 LN2 = math.log(2.0)
 
@@ -132,15 +131,13 @@ def test_muon_gets_exactly_the_hidden_matrices(kind):
     assert all(p.dim() == 2 for p in muon)
     assert len(muon) + len(adamw) == len(names)
 
-    optimizers = build_optimizers(net, OptimConfig(muon_lr=0.02, adamw_lr=0.003, betas=[0.8, 0.9]))
-    assert [type(o).__name__ for o in optimizers] == ["Muon", "AdamW"]
-    assert {id(p) for g in optimizers[0].param_groups for p in g["params"]} == {id(p) for p in muon}
-    assert {id(p) for g in optimizers[1].param_groups for p in g["params"]} == {id(p) for p in adamw}
-    assert optimizers[0].param_groups[0]["lr"] == 0.02
-    assert optimizers[1].param_groups[0]["lr"] == 0.003 and optimizers[1].param_groups[0]["betas"] == (
-        0.8,
-        0.9,
-    )
+    optimizer = build_optimizer(net, OptimConfig(muon_lr=0.02, adamw_lr=0.003, betas=[0.8, 0.9]))
+    muon_group, adamw_group = optimizer.param_groups
+    assert muon_group["muon"] and not adamw_group["muon"]
+    assert {id(p) for p in muon_group["params"]} == {id(p) for p in muon}
+    assert {id(p) for p in adamw_group["params"]} == {id(p) for p in adamw}
+    assert muon_group["lr"] == 0.02 and muon_group["momentum"] == 0.95
+    assert adamw_group["lr"] == 0.003 and adamw_group["betas"] == (0.8, 0.9)
 
 
 def test_split_on_a_hand_made_module():
@@ -164,6 +161,10 @@ def test_optim_config_checks():
         OptimConfig(muon_lr=0)
     with pytest.raises(ValueError, match="min_lr_ratio in \\[0, 1\\]"):
         OptimConfig(min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="model.optim has no setting \\['muon_rate'\\]"):
+        OptimConfig.from_dict({"muon_rate": 1e-3})
+    with pytest.raises(ValueError, match="set trainer.gradient_clip_val"):
+        OptimConfig.from_dict({"grad_clip": 1.0})
 
 
 # --- schedule ---------------------------------------------------------------------------------------------
@@ -186,25 +187,3 @@ def test_warmup_cosine_edge_cases():
     # a run shorter than its warm-up never reaches the peak
     short = warmup_cosine(total_steps=3, warmup_steps=50, min_lr_ratio=0.1)
     assert [short(s) for s in range(3)] == pytest.approx([0.02, 0.04, 0.06])
-
-
-# --- gradient clipping --------------------------------------------------------------------------------------
-class _GradNorm(L.Callback):
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        grads = [p.grad for p in pl_module.net.parameters() if p.grad is not None]
-        self.norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
-
-
-def test_grad_clip_is_global(compose, tiny, tmp_path, one_thread):
-    cfg = compose(["debug=fdr", *tiny, "model.optim.grad_clip=0.001"], output_dir=tmp_path / "run")
-    datamodule, model = build_data_and_model(cfg)
-    probe = _GradNorm()
-    trainer = L.Trainer(
-        fast_dev_run=True,
-        callbacks=[probe],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, datamodule=datamodule)
-    assert probe.norm == pytest.approx(0.001, rel=1e-3)

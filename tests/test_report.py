@@ -22,15 +22,11 @@ LIMIT = [
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, one_thread):
-    from conftest import TINY, compose_config
-
+def two_runs(tmp_path_factory, one_thread, compose, tiny):
     runs = []
     for seed in (0, 1):
         out = tmp_path_factory.mktemp(f"seed{seed}") / "run"
-        cfg = compose_config(
-            [*TINY, *LIMIT, f"seed={seed}", "task_name=tiny", "data.task.steps=[1,2]"], "fit", out
-        )
+        cfg = compose([*tiny, *LIMIT, f"seed={seed}", "task_name=tiny", "data.task.steps=[1,2]"], "fit", out)
         metrics, _ = train(cfg)
         runs.append((out, metrics))
     return runs

@@ -163,7 +163,7 @@ def test_learning_rate_schedule_logged(events):
     """Warm-up 2 steps then cosine to 0.1 over 4 steps: factors 0.5, 1, 1, 0.55 of the peak rates."""
     factors = [0.5, 1.0, 1.0, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))]
     tags = set(events.Tags()["scalars"])
-    for name, peak in (("lr-Muon", 2e-3), ("lr-AdamW", 1e-3)):
+    for name, peak in (("lr-MuonAdamW/muon", 2e-3), ("lr-MuonAdamW/adamw", 1e-3)):
         assert name in tags, sorted(tags)
         got = [e.value for e in events.Scalars(name)]
         assert got == pytest.approx([peak * f for f in factors], rel=1e-5), name

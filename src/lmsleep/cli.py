@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmsleep.utils.config import ConfigError, check_checkpoint, config_dir
+from lmsleep.utils.config import ConfigError, check_checkpoint, config_dir, with_user_searchpath
 
 log = logging.getLogger("lmsleep")
 
@@ -23,8 +23,10 @@ commands:
   export-data   write task samples as JSON lines         lmsleep export-data data=rule110 split=test n=100 out=FILE.jsonl
   report        tables and plots of runs (mean over seeds) lmsleep report logs/rule110_sleep/runs/* out=results/
 
-Every value in configs/ can be overridden (key=value); `lmsleep fit --cfg job` prints the composed config,
-`lmsleep fit --help` lists the config groups, `-m key=a,b` runs a sweep.
+Every value in the configs can be overridden (key=value); `lmsleep fit --cfg job` prints the composed config,
+`lmsleep fit --help` lists the config groups, `-m key=a,b` runs a sweep. Your own configs (for example
+experiment/my_run.yaml) go in a folder named by LMSLEEP_CONFIG_DIR (or hydra.searchpath=[file:///that/folder]):
+`LMSLEEP_CONFIG_DIR=~/my_configs lmsleep fit experiment=my_run`.
 """
 
 COMMANDS = ("fit", "test", "export-data", "export_data", "export", "report")
@@ -111,6 +113,7 @@ def _run(config_name: str, task, args: list[str], command: str) -> None:
     os.environ[COMMAND_ENV] = command
     # Hydra's parser stops reading overrides at a flag, so `fit experiment=x -m a=1,2` would lose `a`:
     # flags go first, wherever the user put them.
+    args = with_user_searchpath(args)
     flags = [a for a in args if a in ("-m", "--multirun")]
     sys.argv = [sys.argv[0], *flags, *(a for a in args if a not in flags)]
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)()

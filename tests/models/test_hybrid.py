@@ -112,7 +112,8 @@ def test_model_keeps_its_loop_range():
 
 
 def test_parameters_hold_no_per_sequence_state():
-    """SPEC 5: the state is passed in and out, never a module buffer (DDP ranks and checkpoints stay right)."""
+    """docs/design.md#contracts: the state is passed in and out, never a module buffer (DDP ranks and
+    checkpoints stay right)."""
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model(random_ids(2, 20), SleepConfig(passes=3, window=6))

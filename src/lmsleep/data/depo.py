@@ -1,4 +1,5 @@
-"""Depo: k-hop retrieval on one shuffled directed cycle (SPEC section 3; Physics of Language Models, Part 4.1).
+"""Depo: k-hop retrieval on one shuffled directed cycle (docs/design.md#tasks; Physics of Language Models,
+Part 4.1).
 
 A sample is one directed cycle of ``n`` nodes (``n`` uniform in ``[min_nodes, max_nodes]``) presented as its
 ``n`` edges in random order, then ``num_queries`` questions "which node is ``k`` hops after ``x``?". As in the

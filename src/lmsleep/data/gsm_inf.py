@@ -1,4 +1,5 @@
-"""GSM-Infinite style arithmetic word problems (SPEC section 3): question first, long noisy context, one answer.
+"""GSM-Infinite style arithmetic word problems (docs/design.md#tasks): question first, long noisy context,
+one answer.
 
 Our own generator after GSM-Infinite's design. A problem is a *program*: statements that each define one
 quantity of an entity hierarchy ("the number of adult lions in Riverside Zoo"), either as a constant or as

@@ -1,4 +1,4 @@
-"""Rule 110 rollout (SPEC section 3): consolidate W-bit states, later answer where each one ends up.
+"""Rule 110 rollout (docs/design.md#tasks): consolidate W-bit states, later answer where each one ends up.
 
 Layout of one sample (``n`` states of width ``W``, window ``L``)::
 

@@ -5,9 +5,10 @@ and queries, a program) and encodes it as ``input_ids`` and ``labels`` of equal 
 ``labels[t]`` is the target for the model's output at position ``t`` and ``-100`` means no loss (the Hugging
 Face convention after its internal shift: for next-token prediction ``labels[t] = input_ids[t + 1]``).
 
-Determinism and disjoint splits (SPEC section 3): sample ``index`` of ``split`` is drawn from a generator seeded
-by ``(task name, seed, split, index, attempt)``; a candidate is kept only if the hash of its canonical key
-falls in the split's bucket, so no problem can be in two splits, whatever the seeds, ranks or workers.
+Determinism and disjoint splits (docs/design.md#tasks): sample ``index`` of ``split`` is drawn from a
+generator seeded by ``(task name, seed, split, index, attempt)``; a candidate is kept only if the hash of its
+canonical key falls in the split's bucket, so no problem can be in two splits, whatever the seeds, ranks or
+workers.
 """
 
 from __future__ import annotations

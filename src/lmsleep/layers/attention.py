@@ -43,7 +43,9 @@ class KVCache:
         k, v = self.k[:, :, len(self) - keep :], self.v[:, :, len(self) - keep :]
         if keep and shift:
             # float32 frequencies in the keys' dtype: what the layer's rotary buffer holds after .to(dtype)
-            inv_freq = inv_frequencies(k.shape[-1], self.rope_base).to(k.device, torch.promote_types(k.dtype, torch.float32))
+            inv_freq = inv_frequencies(k.shape[-1], self.rope_base).to(
+                k.device, torch.promote_types(k.dtype, torch.float32)
+            )
             k = rotate(k, torch.full((keep,), -shift, device=k.device), inv_freq)
         return KVCache(k, v, self.rope_base)
 

@@ -1,4 +1,4 @@
-"""A residual block: pre-norm sequence mixer, then pre-norm SwiGLU MLP (SPEC section 1)."""
+"""A residual block: pre-norm sequence mixer, then pre-norm SwiGLU MLP (docs/design.md#hybrid-model)."""
 
 from __future__ import annotations
 

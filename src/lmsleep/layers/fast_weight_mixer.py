@@ -1,8 +1,9 @@
 """The fast-weight ("SSM") sequence mixer: matrix-valued recurrent state written by the forward pass only.
 
-Per head, the state ``S`` is a ``K x V`` matrix (SPEC section 1) updated token by token by one of two rules:
+Per head, the state ``S`` is a ``K x V`` matrix (docs/design.md#fast-weights-and-update-rules) updated token
+by token by one of two rules:
 
-- ``mamba2`` (SPEC Eq. 3 in Mamba-2's parametrisation, the default):
+- ``mamba2`` (Eq. 3 in Mamba-2's parametrisation, the default):
   ``S_t = a_t S_{t-1} + b_t k_t v_t^T`` with ``b_t = dt_t = softplus(w.x_t + dt_bias)`` and
   ``a_t = exp(-dt_t exp(A_log))``; computed by :func:`lmsleep.ops.ssd` (x = v, B = k, C = q; its state is
   stored transposed, ``[B, H, V, K]``).

@@ -23,7 +23,8 @@ class Rotary(nn.Module):
     """Rotates query/key pairs by angle ``position * base^(-2i/D)``.
 
     Scores depend only on ``position_q - position_k``, so positions may be counted from any origin; we count
-    from the current window's start (SPEC section 2), which keeps angles small on endless streams.
+    from the current window's start (docs/design.md#decisions-where-the-paper-is-open), which keeps angles
+    small on endless streams.
     """
 
     def __init__(self, head_dim: int, base: float = 10_000.0):

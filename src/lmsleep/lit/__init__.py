@@ -2,6 +2,6 @@
 
 from lmsleep.lit.metrics import AnswerMetrics, masked_cross_entropy
 from lmsleep.lit.module import LitLM
-from lmsleep.lit.optim import OptimConfig, build_optimizers
+from lmsleep.lit.optim import MuonAdamW, OptimConfig, build_optimizer
 
-__all__ = ["AnswerMetrics", "LitLM", "OptimConfig", "build_optimizers", "masked_cross_entropy"]
+__all__ = ["AnswerMetrics", "LitLM", "MuonAdamW", "OptimConfig", "build_optimizer", "masked_cross_entropy"]

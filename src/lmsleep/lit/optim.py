@@ -1,10 +1,13 @@
-"""Muon for hidden weight matrices, AdamW for everything else, with warm-up and cosine decay (SPEC section 1)."""
+"""One optimiser for the whole model: Muon for the hidden weight matrices, AdamW for everything else, with
+warm-up and cosine decay (docs/design.md#training)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,16 +17,17 @@ from torch import nn
 class OptimConfig:
     """Optimiser settings. Paper: Muon lr 2e-3 (synthetic) / 1e-3 (pretrained), AdamW lr 5e-5.
 
+    Gradient clipping is Lightning's: ``trainer.gradient_clip_val`` (a global norm over all parameters).
+
     Args:
         muon_lr: learning rate of Muon (2-D hidden weight matrices).
         adamw_lr: learning rate of AdamW (embeddings, output head, and every non-matrix parameter: norms,
             biases, A_log and dt_bias, convolution kernels). 2-D gate projections are hidden matrices: Muon.
-        muon_weight_decay, adamw_weight_decay: decoupled weight decay of each optimiser.
+        muon_weight_decay, adamw_weight_decay: decoupled weight decay of each update rule.
         betas: AdamW betas.
         momentum: Muon momentum.
         warmup_steps: linear warm-up from 0 to the peak rate.
         min_lr_ratio: the cosine decays to this fraction of the peak at the last step.
-        grad_clip: global gradient-norm clip over all parameters (0 = off).
         muon_adjust_lr: Muon's ``adjust_lr_fn`` (``original`` or ``match_rms_adamw``; None = torch's default).
     """
 
@@ -35,7 +39,6 @@ class OptimConfig:
     momentum: float = 0.95
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     muon_adjust_lr: str | None = None
 
     def __post_init__(self) -> None:
@@ -44,6 +47,21 @@ class OptimConfig:
                 raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> OptimConfig:
+        """The config from ``model.optim``; an unknown key is an error that names the known ones."""
+        values = dict(values or {})
+        if "grad_clip" in values:
+            raise ValueError(
+                "model.optim.grad_clip was replaced by Lightning's trainer.gradient_clip_val (the same global "
+                "gradient-norm clip); set trainer.gradient_clip_val=... instead"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"model.optim has no setting {unknown}; the settings are {sorted(known)}")
+        return cls(**values)
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -57,27 +75,85 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return muon, adamw
 
 
-def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
-    """Muon over the hidden matrices and AdamW over the rest (either omitted when it has no parameters)."""
+class MuonAdamW(torch.optim.Optimizer):
+    """One ``torch.optim.Optimizer`` whose parameter groups are stepped by ``torch.optim.Muon`` (groups with
+    ``muon=True``) or ``torch.optim.AdamW`` (the others).
+
+    The two torch optimisers do the arithmetic; they hold this optimiser's own group dicts and its ``state``,
+    so everything that handles one optimiser sees all parameters: Lightning's automatic optimisation
+    (gradient accumulation, ``gradient_clip_val``, fp16 loss scaling), learning-rate schedulers (one rate per
+    group), and ``state_dict``/``load_state_dict`` (checkpoints).
+
+    Args:
+        muon_params: 2-D hidden weight matrices.
+        adamw_params: every other parameter.
+        muon: keyword arguments of ``torch.optim.Muon`` (lr, weight_decay, momentum, adjust_lr_fn, ...).
+        adamw: keyword arguments of ``torch.optim.AdamW`` (lr, betas, weight_decay, ...).
+    """
+
+    def __init__(
+        self,
+        muon_params: Iterable[nn.Parameter],
+        adamw_params: Iterable[nn.Parameter],
+        muon: dict[str, Any] | None = None,
+        adamw: dict[str, Any] | None = None,
+    ):
+        muon_params, adamw_params = list(muon_params), list(adamw_params)
+        if not muon_params and not adamw_params:
+            raise ValueError("MuonAdamW got no parameters to optimise")
+        inner: list[torch.optim.Optimizer] = []
+        if muon_params:
+            inner.append(torch.optim.Muon(muon_params, **(muon or {})))
+        if adamw_params:
+            inner.append(torch.optim.AdamW(adamw_params, **(adamw or {})))
+        groups = []
+        for opt in inner:
+            for group in opt.param_groups:  # each filled with its optimiser's defaults
+                group["muon"] = isinstance(opt, torch.optim.Muon)
+                group["name"] = "muon" if group["muon"] else "adamw"  # LearningRateMonitor: lr-MuonAdamW/muon
+                groups.append(group)
+        super().__init__(groups, defaults={})
+        self._inner = inner
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimisers at this optimiser's groups and state (again after loading a state)."""
+        for opt in self._inner:
+            is_muon = isinstance(opt, torch.optim.Muon)
+            opt.param_groups = [g for g in self.param_groups if g["muon"] == is_muon]
+            opt.state = self.state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # load_state_dict installs new group dicts and a new state through here
+        super().__setstate__(state)
+        if "_inner" in self.__dict__:
+            self._link()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self._inner:
+            opt.step()
+        return loss
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
+    """Muon over the model's hidden matrices and AdamW over the rest, as one optimiser."""
     muon, adamw = split_parameters(model)
-    opts: list[torch.optim.Optimizer] = []
-    if muon:
-        opts.append(
-            torch.optim.Muon(
-                muon,
-                lr=cfg.muon_lr,
-                weight_decay=cfg.muon_weight_decay,
-                momentum=cfg.momentum,
-                adjust_lr_fn=cfg.muon_adjust_lr,
-            )
-        )
-    if adamw:
-        opts.append(
-            torch.optim.AdamW(
-                adamw, lr=cfg.adamw_lr, betas=tuple(cfg.betas), weight_decay=cfg.adamw_weight_decay
-            )
-        )
-    return opts
+    return MuonAdamW(
+        muon,
+        adamw,
+        muon=dict(
+            lr=cfg.muon_lr,
+            weight_decay=cfg.muon_weight_decay,
+            momentum=cfg.momentum,
+            adjust_lr_fn=cfg.muon_adjust_lr,
+        ),
+        adamw=dict(lr=cfg.adamw_lr, betas=tuple(cfg.betas), weight_decay=cfg.adamw_weight_decay),
+    )
 
 
 def warmup_cosine(total_steps: int | Callable[[], int], warmup_steps: int, min_lr_ratio: float):

@@ -66,7 +66,8 @@ def parse_loop(loop: str | Sequence[int] | None, depth: int) -> range:
 
 
 class HybridLM(nn.Module):
-    """A language model whose blocks alternate softmax attention and fast-weight layers (SPEC section 1).
+    """A language model whose blocks alternate softmax attention and fast-weight layers
+    (docs/design.md#hybrid-model).
 
     Args:
         vocab_size: number of token ids.

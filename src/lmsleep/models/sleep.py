@@ -1,4 +1,5 @@
-"""Generalised Algorithm 1: wake and sleep over windows (SPEC sections 1 and 2).
+"""Generalised Algorithm 1: wake and sleep over windows (docs/design.md#sleep and
+#decisions-where-the-paper-is-open).
 
 For every window of L tokens: pass 1 is the wake pass (its logits are the model's outputs there); if another
 window follows, passes 2..N re-run the looped blocks over the same tokens, carrying the features ``h`` from pass

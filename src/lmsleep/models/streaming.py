@@ -2,9 +2,10 @@
 
 Attention sees the KV of the current window (plus the previous window's last L-1 entries under sliding
 eviction); fast-weight layers advance their state per token. When the window is full, passes 2..N run over it
-from the wake pass's features, the KV is evicted and decoding continues (SPEC section 2). KV memory is bounded
-by L (2L - 1 under sliding eviction), so the per-token cost does not grow with the stream. The logits equal
-those of the training forward (:func:`lmsleep.models.sleep.run_windows`) on the same tokens.
+from the wake pass's features, the KV is evicted and decoding continues
+(docs/design.md#decisions-where-the-paper-is-open). KV memory is bounded by L (2L - 1 under sliding eviction),
+so the per-token cost does not grow with the stream. The logits equal those of the training forward
+(:func:`lmsleep.models.sleep.run_windows`) on the same tokens.
 """
 
 from __future__ import annotations

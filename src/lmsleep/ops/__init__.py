@@ -1,9 +1,9 @@
 """Fast-weight update ops: pure tensor functions with a torch reference and optional GPU kernels.
 
-``gated_delta_rule`` (Gated DeltaNet, flash-linear-attention layout) and ``ssd`` (Mamba-2, SPEC Eq. 3,
-mamba-ssm layout), both ``(inputs..., initial_state=None, output_final_state=False, backend="auto")
--> (out, final_state)``, and the short causal convolution before them, ``short_conv``, in the same
-convention. Kernel packages are imported only when a kernel backend is used.
+``gated_delta_rule`` (Gated DeltaNet, flash-linear-attention layout) and ``ssd`` (Mamba-2, Eq. 3 in
+docs/design.md#fast-weights-and-update-rules, mamba-ssm layout), both ``(inputs..., initial_state=None,
+output_final_state=False, backend="auto") -> (out, final_state)``, and the short causal convolution before
+them, ``short_conv``, in the same convention. Kernel packages are imported only when a kernel backend is used.
 """
 
 from .backend import BackendUnavailableError

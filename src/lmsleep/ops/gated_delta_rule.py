@@ -1,11 +1,13 @@
-"""Gated delta rule (Gated DeltaNet), the fast-weight update the paper ran (SPEC section 1).
+"""Gated delta rule (Gated DeltaNet), the fast-weight update the paper ran
+(docs/design.md#fast-weights-and-update-rules).
 
 With all vectors columns and the state ``S`` stored ``K x V``::
 
     S_t = (I - beta_t k_t k_t^T) (exp(g_t) S_{t-1}) + beta_t k_t v_t^T
     o_t = scale * S_t^T q_t
 
-i.e. SPEC's ``S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T`` with ``a_t = exp(g_t)``, ``b_t = beta_t``.
+i.e. the design's ``S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T`` with ``a_t = exp(g_t)``,
+``b_t = beta_t``.
 This is exactly flash-linear-attention's ``naive_recurrent_gated_delta_rule`` (decay first, then the delta
 update reads the decayed state). Layout follows fla: ``[B, T, H, ...]``, state ``[B, H, K, V]``.
 """

@@ -1,4 +1,5 @@
-"""SSD: the Mamba-2 state-space update, SPEC Eq. 3 (``S_t = a_t S_{t-1} + b_t k_t v_t^T``).
+"""SSD: the Mamba-2 state-space update ``S_t = a_t S_{t-1} + b_t k_t v_t^T``, Eq. 3 in
+docs/design.md#fast-weights-and-update-rules.
 
 In mamba-ssm's naming and layout, per head ``h`` (with ``B``/``C`` shared by the ``H / G`` consecutive
 heads of a group, as in mamba-ssm)::

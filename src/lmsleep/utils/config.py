@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("lmsleep")
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+# A wheel or `pip install .` ships the configs inside the package (lmsleep/configs); a source checkout and an
+# editable install keep them in the repository's top-level configs/ folder.
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SOURCE_CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+# Folders of the user's own configs (os.pathsep-separated), searched after the package's.
+USER_CONFIG_ENV = "LMSLEEP_CONFIG_DIR"
 
 
 class ConfigError(ValueError):
@@ -45,12 +52,54 @@ if not OmegaConf.has_resolver("per_device_batch"):
 
 
 def config_dir() -> str:
-    if not CONFIG_DIR.is_dir():
-        raise ConfigError(
-            f"lmsleep's configs/ folder was not found at {CONFIG_DIR}; install lmsleep from a clone with "
-            "`pip install -e .` so the configs stay beside the package"
-        )
-    return str(CONFIG_DIR)
+    """lmsleep's own config folder: inside the installed package, else the source checkout's configs/."""
+    for folder in (PACKAGED_CONFIG_DIR, SOURCE_CONFIG_DIR):
+        if (folder / "fit.yaml").is_file():
+            return str(folder)
+    raise ConfigError(
+        f"lmsleep's configs were found neither in the package ({PACKAGED_CONFIG_DIR}) nor in a source "
+        f"checkout ({SOURCE_CONFIG_DIR}); reinstall lmsleep (`pip install lmsleep` or `pip install -e .`)"
+    )
+
+
+def user_config_dirs() -> list[str]:
+    """The folders named by ``LMSLEEP_CONFIG_DIR`` (absolute paths); each must exist."""
+    folders = []
+    for entry in os.environ.get(USER_CONFIG_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        folder = Path(entry).expanduser().resolve()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"{USER_CONFIG_ENV} names {entry}, which is not a folder; point it at a folder of configs laid "
+                "out like lmsleep's (experiment/NAME.yaml, data/NAME.yaml, ...)"
+            )
+        folders.append(str(folder))
+    return folders
+
+
+def with_user_searchpath(args: list[str]) -> list[str]:
+    """``args`` with the ``LMSLEEP_CONFIG_DIR`` folders added to Hydra's ``hydra.searchpath`` (after the
+    entries of a ``hydra.searchpath=[...]`` override in ``args``, without repeating one)."""
+    folders = [f"file://{f}" for f in user_config_dirs()]
+    if not folders:
+        return args
+    given: list[str] = []
+    rest = []
+    for arg in args:
+        if arg.startswith("hydra.searchpath="):
+            value = OverridesParser.create().parse_override(arg).value()
+            if not isinstance(value, list):
+                raise ConfigError(
+                    f"{arg}: hydra.searchpath must be a list, e.g. hydra.searchpath=[file:///my/configs]"
+                )
+            given = [str(v) for v in value]
+        else:
+            rest.append(arg)
+    entries = given + [f for f in folders if f not in given]
+    quoted = ",".join("'" + e.replace("'", "\\'") + "'" for e in entries)
+    # First: Hydra's parser takes overrides only before a flag such as `--cfg job`.
+    return [f"hydra.searchpath=[{quoted}]", *rest]
 
 
 def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
