@@ -49,6 +49,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/wake_latency.py
+	$(PY) benchmarks/data_generation.py
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir logs

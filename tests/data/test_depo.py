@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from lmsleep.data.depo import DepoTask
@@ -113,12 +111,11 @@ def test_smoke_size_answers_and_layout(kwargs):
     assert depths == set(task.depths)
 
 
-def test_paper_size_is_fast_and_within_360_tokens():
+def test_paper_size_is_within_360_tokens():
+    # Generation speed at this size is measured by benchmarks/data_generation.py, not asserted here.
     task = DepoTask(**PAPER)
     assert task.max_length == 360
-    start = time.perf_counter()
     samples = [check_sample(task, "test", i) for i in range(20)]
-    assert (time.perf_counter() - start) / 20 < 0.05
     assert all(len(s["input_ids"]) == 360 for s in samples)
 
 
