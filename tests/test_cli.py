@@ -24,10 +24,19 @@ def bad_files(root: Path) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "garbage.ckpt").write_bytes(GARBAGE)
     torch.save({"weights": torch.zeros(2)}, root / "not_lightning.ckpt")
+    (root / "empty.ckpt").write_bytes(b"")
+    (root / "a_folder").mkdir(exist_ok=True)
+    torch.save({"state_dict": {}, "config": OmegaConf.create({"a": 1})}, root / "pickled.ckpt")
+    # the names of the tiny transformer's weights, with another width
+    torch.save({"state_dict": {"net.embed.weight": torch.zeros(8, 5)}}, root / "other_shape.ckpt")
     return {
         "missing": root / "nonexistent.ckpt",
         "garbage": root / "garbage.ckpt",
         "foreign": root / "not_lightning.ckpt",
+        "empty": root / "empty.ckpt",
+        "directory": root / "a_folder",
+        "pickled": root / "pickled.ckpt",
+        "shapes": root / "other_shape.ckpt",
     }
 
 
@@ -35,6 +44,11 @@ CKPT_MESSAGES = {
     "missing": r"ckpt_path=\S*nonexistent\.ckpt does not exist; pass the path of a \.ckpt file",
     "garbage": r"ckpt_path=\S*garbage\.ckpt is not a readable checkpoint",
     "foreign": r"ckpt_path=\S*not_lightning\.ckpt is not a Lightning checkpoint \(it holds no 'state_dict'\)",
+    "empty": r"ckpt_path=\S*empty\.ckpt is an empty file \(0 bytes",
+    "directory": r"ckpt_path=\S*a_folder is a directory; pass the path of a \.ckpt file inside it",
+    "pickled": r"ckpt_path=\S*pickled\.ckpt holds pickled Python objects, which lmsleep does not load",
+    "shapes": r"ckpt_path=\S*other_shape\.ckpt does not fit the configured model \(net\.embed\.weight is "
+    r"\[8, 5\] there but \[8, 16\] here",
 }
 
 # (override, what the message must say: the bad value and the valid range)

@@ -46,7 +46,7 @@ def test_fit_writes_checkpoints_with_the_run_overrides(fitted):
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch_000.ckpt", "last.ckpt"]
     assert fitted.objects["trainer"].checkpoint_callback.best_model_path == str(ckpts / "epoch_000.ckpt")
     assert fitted.objects["trainer"].global_step == 4
-    ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["lmsleep_run"]["overrides"] == fitted.overrides
     assert ckpt["lmsleep_run"]["config"]["data"]["task"]["width"] == 6
     assert ckpt["sleep_config"]["window"] == 6

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmsleep.utils.config import (
     build_data_and_model,
     check_checkpoint,
+    check_fits_model,
     flat_hparams,
     instantiate_group,
 )
@@ -69,8 +70,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     Returns:
         the metrics (``train/...``, ``val/...``, ``test/...``) and the objects built (trainer, model, data).
     """
-    check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
+    resume = check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
     datamodule, model, trainer, loggers = build_run(cfg)
+    check_fits_model(resume, model, cfg.get("ckpt_path"))
+    del resume
     model.run_config = {
         "overrides": list(overrides or []),
         "config": OmegaConf.to_container(cfg, resolve=False),
@@ -82,8 +85,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     log_hparams(loggers, cfg)
 
     if cfg.get("train", True):
-        # weights_only=False: the checkpoint holds our config objects, and check_checkpoint has loaded it already
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = as_floats(trainer.callback_metrics)
 
     if cfg.get("test", True):
@@ -93,7 +95,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
             ckpt = cfg.get("ckpt_path") or ""  # `train=false ckpt_path=X`: test X, not the untrained weights
         if not ckpt:
             log.warning("No checkpoint (checkpointing off or fast_dev_run); testing the current weights")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
         metrics.update(as_floats(trainer.callback_metrics))
         log.info(f"Tested checkpoint: {ckpt or '(current weights)'}")
     finish_run(loggers, cfg, metrics)

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmsleep.data.task import IGNORE_INDEX
@@ -14,6 +15,15 @@ from lmsleep.lit.optim import OptimConfig, build_optimizers, warmup_cosine
 from lmsleep.models.hybrid import HybridLM
 from lmsleep.models.sleep import SleepConfig, SleepHooks
 from lmsleep.models.state import ModelState
+
+
+def _plain(settings: Any) -> dict[str, Any] | None:
+    """A config mapping (e.g. an OmegaConf DictConfig) as a plain dict of plain values."""
+    if settings is None:
+        return None
+    if isinstance(settings, DictConfig):
+        return OmegaConf.to_container(settings, resolve=True)
+    return dict(settings)
 
 
 class LitLM(L.LightningModule, SleepHooks):
@@ -40,6 +50,9 @@ class LitLM(L.LightningModule, SleepHooks):
     ):
         super().__init__()
         self.automatic_optimization = False
+        # Plain dicts, not Hydra's DictConfigs: checkpoints then hold only tensors and plain containers and
+        # load with torch.load(weights_only=True) (no pickled objects that could run code).
+        sleep, optim = _plain(sleep), _plain(optim)
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.sleep = SleepConfig(**dict(sleep or {}))

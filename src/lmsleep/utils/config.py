@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +42,69 @@ def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
 
 
 def check_checkpoint(path: str | None, what: str = "ckpt_path") -> dict[str, Any] | None:
-    """Load a Lightning checkpoint to check it before any work starts; returns its contents (None if no path)."""
+    """Load a Lightning checkpoint to check it before any work starts; returns its contents (None if no path).
+
+    Loads with ``weights_only=True``: a checkpoint that holds pickled Python objects (which could run code
+    when loaded) is refused, as every load in lmsleep does.
+    """
     if path is None:
         return None
     file = Path(str(path)).expanduser()
+    if file.is_dir():
+        inside = sorted(p.name for p in file.glob("*.ckpt")) or sorted(
+            str(p.relative_to(file)) for p in file.glob("*/*.ckpt")
+        )
+        hint = f" (it holds {', '.join(inside[:4])})" if inside else ""
+        raise ConfigError(f"{what}={path} is a directory{hint}; pass the path of a .ckpt file inside it")
     if not file.is_file():
         raise ConfigError(
             f"{what}={path} does not exist; pass the path of a .ckpt file written by `lmsleep fit`"
         )
+    if file.stat().st_size == 0:
+        raise ConfigError(
+            f"{what}={path} is an empty file (0 bytes; an interrupted copy or save?); pass a complete .ckpt file"
+        )
     try:
         # mmap: tensors stay on disk, so checking (and reading the stored overrides) costs no full read;
         # Lightning loads the checkpoint for real afterwards.
-        ckpt = torch.load(file, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as exc:  # any unreadable file is the same user error
+        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
         raise ConfigError(
-            f"{what}={path} is not a readable checkpoint ({type(exc).__name__}: {exc})"
+            f"{what}={path} holds pickled Python objects, which lmsleep does not load (loading them could run "
+            "code); checkpoints written by this lmsleep hold only tensors and plain containers"
+        ) from exc
+    except Exception as exc:  # any unreadable file is the same user error
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(
+            f"{what}={path} is not a readable checkpoint ({type(exc).__name__}: {first_line})"
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{what}={path} is not a Lightning checkpoint (it holds no 'state_dict')")
     return ckpt
+
+
+def check_fits_model(ckpt: dict[str, Any] | None, model: torch.nn.Module, path: str) -> None:
+    """Check that a checkpoint's weights have the names and shapes of ``model``'s, before any work starts."""
+    if ckpt is None:
+        return
+    mine = model.state_dict()
+    theirs = ckpt["state_dict"]
+    missing = [k for k in mine if k not in theirs]
+    extra = [k for k in theirs if k not in mine]
+    shapes = [
+        f"{k} is {list(theirs[k].shape)} there but {list(mine[k].shape)} here"
+        for k in mine
+        if k in theirs and tuple(theirs[k].shape) != tuple(mine[k].shape)
+    ]
+    if missing or extra or shapes:
+        problems = shapes[:2] + [f"{k} is missing there" for k in missing[:2]]
+        problems += [f"{k} is not in this model" for k in extra[:2]]
+        raise ConfigError(
+            f"ckpt_path={path} does not fit the configured model ({'; '.join(problems)}"
+            f"{', ...' if len(missing) + len(extra) + len(shapes) > len(problems) else ''}); "
+            "drop the model overrides that differ from the run that wrote it (its overrides are re-applied "
+            "unless you pass others)"
+        )
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
