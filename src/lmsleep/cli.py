@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmsleep.utils.config import ConfigError, check_checkpoint, config_dir
+from lmsleep.utils.config import ConfigError, check_checkpoint, check_writable_dir, config_dir
 
 log = logging.getLogger("lmsleep")
 
@@ -105,6 +105,24 @@ def _with_checkpoint_overrides(args: list[str]) -> list[str]:
     return [o for o in stored if o.lstrip("+~").split("=", 1)[0] not in user_keys] + args
 
 
+def _last_value(args: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
+def _check_log_dir(args: list[str]) -> None:
+    """The folder the run will write to must be creatable and writable (checked before Hydra makes it)."""
+    if any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in args):
+        return  # prints, runs nothing
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    for key in ("hydra.sweep.dir" if multirun else "hydra.run.dir", "paths.log_dir"):
+        value = _last_value(args, key)
+        if value is not None and "${" not in value:
+            check_writable_dir(value, key)
+            return
+    check_writable_dir("logs", "paths.log_dir")
+
+
 def _run(config_name: str, task, args: list[str], command: str) -> None:
     # argv[0] stays the real program so that DDP ranks > 0 can be started from it (see COMMAND_ENV).
     os.environ[COMMAND_ENV] = command
@@ -125,10 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     try:
         if command == "fit":
+            _check_log_dir(rest)
             _run("fit", _fit, rest, "fit")
         elif command == "test":
             if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
                 rest = _with_checkpoint_overrides(rest)
+            _check_log_dir(rest)
             _run("test", _test, rest, "test")
         elif command in ("export-data", "export_data", "export"):
             _run("export", _export, rest, "export-data")

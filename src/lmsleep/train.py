@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmsleep.utils.config import (
+    build,
     build_data_and_model,
     check_checkpoint,
     check_fits_model,
+    check_trainer,
     flat_hparams,
     instantiate_group,
 )
@@ -42,13 +43,14 @@ def log_hparams(loggers: list, cfg: DictConfig, metrics: dict[str, float] | None
 
 def build_run(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
     """Seed, then the DataModule, the LightningModule, the loggers and a Trainer with the configured callbacks."""
+    check_trainer(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule, model = build_data_and_model(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer, loggers
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -107,15 +110,70 @@ def check_fits_model(ckpt: dict[str, Any] | None, model: torch.nn.Module, path: 
         )
 
 
+# Trainer settings that Lightning compares with numbers: a string there fails deep inside Lightning with a
+# message that does not name the key.
+TRAINER_INTS = (
+    "max_epochs",
+    "min_epochs",
+    "max_steps",
+    "min_steps",
+    "num_nodes",
+    "log_every_n_steps",
+    "check_val_every_n_epoch",
+    "num_sanity_val_steps",
+    "accumulate_grad_batches",
+    "reload_dataloaders_every_n_epochs",
+)
+
+
+def build(conf: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate(conf, **kwargs)``, with a value the object rejects reported as a one-line :class:`ConfigError`
+    naming the config key (``data``, ``model``, ``trainer``...) instead of a stack trace."""
+    try:
+        return instantiate(conf, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, (ValueError, TypeError)):  # Lightning's MisconfigurationException is one
+            found = re.search(r"full_key: (\S+)", str(exc))
+            where, message = found.group(1) if found else key, str(cause)
+            raise ConfigError(message if message.startswith(f"{where}.") else f"{where}: {message}") from exc
+        raise
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """The trainer settings that must be integers are (``trainer.max_steps=abc`` fails here, by name)."""
+    for name in TRAINER_INTS:
+        value = cfg.trainer.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"trainer.{name}={value!r} must be an integer (e.g. trainer.{name}=1000)")
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Create the folder ``path`` (and its parents) if needed and check that files can be written in it, so
+    a log folder that is read-only, a file or cannot be created stops the run before any work."""
+    folder = Path(str(path)).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError as exc:
+        raise ConfigError(f"{what}={path} is a file, not a folder; pass a folder path") from exc
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"{what}={path} cannot be written ({reason}: {exc.filename or folder}); pass a writable folder"
+        ) from exc
+
+
 def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
     """The DataModule, then the LightningModule with the data's vocabulary size and depth axis filled in."""
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data, "data")
     with open_dict(cfg):
         cfg.model.net.vocab_size = datamodule.vocab_size
         cfg.model.depth_name = datamodule.task.depth_name
     log.info(f"Instantiating model <{cfg.model._target_}>")
-    model = instantiate(cfg.model)
+    model = build(cfg.model, "model")
     return datamodule, model
 
 
