@@ -166,3 +166,15 @@ def test_learning_rate_schedule_logged(events):
         assert name in tags, sorted(tags)
         got = [e.value for e in events.Scalars(name)]
         assert got == pytest.approx([peak * f for f in factors], rel=1e-5), name
+
+
+def test_a_window_that_never_fills_is_reported_once(compose_fit, tiny, one_thread):
+    # Rule 110 W = 6: 4 states and 4 queries = 28 tokens, in windows of 64: no eviction, no sleep.
+    cfg = compose_fit(
+        "debug=fdr", *tiny, "data.task.width=6", "model.sleep.eviction=hard", "model.sleep.window=64"
+    )
+    with pytest.warns(
+        UserWarning, match=r"model\.sleep\.window=64 >= the sequence length \d+: every sequence is one window"
+    ) as caught:
+        train(cfg)
+    assert sum("sequence is one window" in str(w.message) for w in caught) == 1

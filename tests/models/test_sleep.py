@@ -7,12 +7,15 @@ logits by O(1) while exact equalities hold to ~1e-15.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from lmsleep.layers.attention import KVCache
 from lmsleep.layers.fast_weight_mixer import FastWeights
 from lmsleep.models import ModelState, SleepConfig, Stream, run_windows
+from lmsleep.models import sleep as sleep_module
 from lmsleep.models.sleep import wake, window_step
 
 from ._helpers import (
@@ -401,3 +404,14 @@ def test_grad_passes_at_least_n_is_full_backprop_and_fewer_passes_differ():
     assert_grads_close(grads[5], grads[None], atol=0.0, rtol=0.0)
     for a, b in ((None, 2), (2, 1)):
         assert max((grads[a][n] - grads[b][n]).abs().max() for n in grads[a]) > 1e-6
+
+
+def test_settings_that_change_nothing_are_reported_once():
+    sleep_module._WARNED.discard(
+        "sleep.grad_passes=7 is more than sleep.passes=3: every pass is backpropagated, as with grad_passes=null"
+    )
+    with pytest.warns(UserWarning, match=r"sleep\.grad_passes=7 is more than sleep\.passes=3"):
+        SleepConfig(passes=3, grad_passes=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SleepConfig(passes=3, grad_passes=7)  # once

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -59,6 +60,7 @@ class LitLM(L.LightningModule, SleepHooks):
         self.optim_cfg = OptimConfig(**dict(optim or {}))
         self.val_metrics, self.test_metrics = AnswerMetrics(depth_name), AnswerMetrics(depth_name)
         self._total_steps = 1  # of the cosine schedule; set when training starts
+        self._window_checked = False
 
     # --- forward and hooks ------------------------------------------------------------------------------
     def forward(
@@ -90,7 +92,21 @@ class LitLM(L.LightningModule, SleepHooks):
         self._dispatch("on_sleep_end", window, passes, state)
 
     # --- steps ------------------------------------------------------------------------------------------
+    def _check_window(self, input_ids: torch.Tensor) -> None:
+        """Say once if the window never fills: then nothing is evicted and sleep never runs."""
+        length, cfg = input_ids.shape[1], self.sleep
+        if self._window_checked or cfg.eviction == "none":
+            return
+        self._window_checked = True
+        if cfg.window >= length:
+            rank_zero_warn(
+                f"model.sleep.window={cfg.window} >= the sequence length {length}: every sequence is one "
+                f"window, so nothing is evicted and sleep (passes={cfg.passes}) never runs; set "
+                f"model.sleep.window below {length} (e.g. to the task's window, data.task.window)"
+            )
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self._check_window(batch["input_ids"])
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         logits, _ = self(batch["input_ids"])
@@ -120,6 +136,7 @@ class LitLM(L.LightningModule, SleepHooks):
         return loss.detach()
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        self._check_window(batch["input_ids"])
         logits, _ = self(batch["input_ids"])
         getattr(self, f"{split}_metrics").update(logits, batch["labels"], batch["depth"])
 

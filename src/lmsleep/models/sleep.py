@@ -13,6 +13,7 @@ The same functions serve training (:func:`run_windows`), evaluation and streamin
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,11 @@ class SleepConfig:
                 f"sleep.tbptt_windows must be >= 1 or null (never detach), got {self.tbptt_windows}"
             )
         self.passes, self.window = int(self.passes), int(self.window)
+        if self.grad_passes is not None and int(self.grad_passes) > self.passes:
+            _warn_once(
+                f"sleep.grad_passes={self.grad_passes} is more than sleep.passes={self.passes}: every pass is "
+                "backpropagated, as with grad_passes=null"
+            )
 
     @property
     def sliding(self) -> int | None:
@@ -77,6 +83,17 @@ class SleepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A UserWarning the first time this process meets ``message`` (configs are rebuilt every step by
+    schedules: one line, not one per step)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 class SleepHooks:
