@@ -59,9 +59,14 @@ def _reporting_config_errors(job):
 
 @_reporting_config_errors
 def _fit(cfg: DictConfig) -> None:
+    from lmsleep.lit.module import NonFiniteError
     from lmsleep.train import train
 
-    metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    try:
+        metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except NonFiniteError as exc:  # a run that failed, not a bad input: status 1
+        print(f"lmsleep: error: {exc}", file=sys.stderr)
+        sys.exit(1)
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 

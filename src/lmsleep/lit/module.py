@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,12 @@ from lmsleep.lit.optim import OptimConfig, build_optimizers, warmup_cosine
 from lmsleep.models.hybrid import HybridLM
 from lmsleep.models.sleep import SleepConfig, SleepHooks
 from lmsleep.models.state import ModelState
+
+log = logging.getLogger("lmsleep")
+
+
+class NonFiniteError(RuntimeError):
+    """A training step met a NaN or infinite loss, gradient norm or weight (``optim.nonfinite=stop``)."""
 
 
 def _plain(settings: Any) -> dict[str, Any] | None:
@@ -61,6 +68,7 @@ class LitLM(L.LightningModule, SleepHooks):
         self.val_metrics, self.test_metrics = AnswerMetrics(depth_name), AnswerMetrics(depth_name)
         self._total_steps = 1  # of the cosine schedule; set when training starts
         self._window_checked = False
+        self.skipped_batches = 0  # batches dropped for a non-finite loss or gradient (optim.nonfinite=skip)
 
     # --- forward and hooks ------------------------------------------------------------------------------
     def forward(
@@ -105,7 +113,7 @@ class LitLM(L.LightningModule, SleepHooks):
                 f"model.sleep.window below {length} (e.g. to the task's window, data.task.window)"
             )
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         self._check_window(batch["input_ids"])
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -114,9 +122,15 @@ class LitLM(L.LightningModule, SleepHooks):
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        # One global norm over both optimisers' parameters (DDP has already averaged the gradients).
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        if not self._finite_step(loss, grad_norm):
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            return None
         if self.optim_cfg.grad_clip:
-            # One global norm over both optimisers' parameters (DDP has already averaged the gradients).
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.optim_cfg.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(self.net.parameters(), self.optim_cfg.grad_clip, grad_norm)
         for i, opt in enumerate(optimizers):
             # Lightning counts every LightningOptimizer.step() as a global step; stepping the others through
             # the raw optimizer keeps global_step (max_steps, schedules, logs) at one per batch. (fp16 loss
@@ -133,7 +147,32 @@ class LitLM(L.LightningModule, SleepHooks):
         self.log("train/acc", acc, prog_bar=True, batch_size=len(logits))
         self.log("sleep/passes", float(self.sleep.passes), batch_size=len(logits))
         self.log("sleep/window", float(self.sleep.window), batch_size=len(logits))
+        self.log("train/skipped_batches", float(self.skipped_batches), batch_size=len(logits))
         return loss.detach()
+
+    def _finite_step(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """False when this step's loss or gradient norm is NaN/inf on any rank (then ``optim.nonfinite=skip``
+        counts the batch; ``stop`` raises :class:`NonFiniteError` before any optimiser step)."""
+        finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank decides the same
+            finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        if finite:
+            return True
+        what = (
+            f"train/loss is {loss.item()}"
+            if not torch.isfinite(loss)
+            else f"the gradient norm is {grad_norm.item()}"
+        )
+        if self.optim_cfg.nonfinite == "stop":
+            raise NonFiniteError(
+                f"{what} at step {self.global_step} (batch {self.global_step + self.skipped_batches}); "
+                "lower the learning rates (model.optim.*_lr), clip gradients (model.optim.grad_clip) or "
+                "skip such batches with model.optim.nonfinite=skip"
+            )
+        self.skipped_batches += 1
+        log.warning(f"{what} at step {self.global_step}: batch skipped ({self.skipped_batches} so far)")
+        self.log("train/skipped_batches", float(self.skipped_batches), batch_size=1)
+        return False
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         self._check_window(batch["input_ids"])
@@ -178,7 +217,15 @@ class LitLM(L.LightningModule, SleepHooks):
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        weights = checkpoint.get("state_dict", {})
+        bad = [k for k, t in weights.items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:  # a checkpoint must never make non-finite weights "best" or "last"
+            raise NonFiniteError(
+                f"the weights are non-finite at step {self.global_step} ({bad[0]}"
+                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); no checkpoint saved"
+            )
         checkpoint["sleep_config"] = self.sleep.to_dict()
+        checkpoint["skipped_batches"] = self.skipped_batches
         # The run's overrides let `lmsleep test ckpt_path=...` rebuild the same data and model.
         if getattr(self, "run_config", None):
             checkpoint["lmsleep_run"] = self.run_config
@@ -187,5 +234,7 @@ class LitLM(L.LightningModule, SleepHooks):
         # Resuming a fit continues with the sleep settings it had (a schedule may have changed them);
         # testing uses the configured ones, so a checkpoint can be evaluated at another N.
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting:  # the count of a resumed fit goes on
+            self.skipped_batches = int(checkpoint.get("skipped_batches", 0))
         if fitting and "sleep_config" in checkpoint:
             self.sleep = SleepConfig(**checkpoint["sleep_config"])
