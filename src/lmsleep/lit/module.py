@@ -69,6 +69,8 @@ class LitLM(L.LightningModule, SleepHooks):
         self._total_steps = 1  # of the cosine schedule; set when training starts
         self._window_checked = False
         self.skipped_batches = 0  # batches dropped for a non-finite loss or gradient (optim.nonfinite=skip)
+        self.batches_done = 0  # training batches of this fit, resumed runs included: the step scalars log at
+        self._resync_log_step = False
 
     # --- forward and hooks ------------------------------------------------------------------------------
     def forward(
@@ -113,7 +115,16 @@ class LitLM(L.LightningModule, SleepHooks):
                 f"model.sleep.window below {length} (e.g. to the task's window, data.task.window)"
             )
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resync_log_step:
+            # Lightning restores its logging step (``_batches_that_stepped``) one too high from a checkpoint
+            # saved after an epoch's validation, so a resumed run's curves would sit one step to the right;
+            # the count this module saved is exact wherever the checkpoint was taken.
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.batches_done
+            self._resync_log_step = False
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        self.batches_done += 1
         self._check_window(batch["input_ids"])
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -226,6 +237,7 @@ class LitLM(L.LightningModule, SleepHooks):
             )
         checkpoint["sleep_config"] = self.sleep.to_dict()
         checkpoint["skipped_batches"] = self.skipped_batches
+        checkpoint["batches_done"] = self.batches_done
         # The run's overrides let `lmsleep test ckpt_path=...` rebuild the same data and model.
         if getattr(self, "run_config", None):
             checkpoint["lmsleep_run"] = self.run_config
@@ -234,7 +246,9 @@ class LitLM(L.LightningModule, SleepHooks):
         # Resuming a fit continues with the sleep settings it had (a schedule may have changed them);
         # testing uses the configured ones, so a checkpoint can be evaluated at another N.
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        if fitting:  # the count of a resumed fit goes on
+        if fitting:  # the counts of a resumed fit go on
             self.skipped_batches = int(checkpoint.get("skipped_batches", 0))
+            if "batches_done" in checkpoint:
+                self.batches_done, self._resync_log_step = int(checkpoint["batches_done"]), True
         if fitting and "sleep_config" in checkpoint:
             self.sleep = SleepConfig(**checkpoint["sleep_config"])
