@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import re
 import tempfile
@@ -17,6 +18,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger("lmsleep")
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+
+# ``${lmsleep.pid:}`` in configs/hydra: run folders are ``<time>_<pid>``, unique even for runs started in the
+# same second. (DDP ranks launched by Lightning are handed rank 0's folder, so the pid is rank 0's.)
+OmegaConf.register_new_resolver("lmsleep.pid", lambda: str(os.getpid()), replace=True)
 
 
 class ConfigError(ValueError):
