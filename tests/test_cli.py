@@ -116,6 +116,11 @@ CLI_CASES = {
         for k, m in CKPT_MESSAGES.items()
     },
     "test without ckpt": (["test"], 2, r"lmsleep test needs ckpt_path=PATH"),
+    "fit ckpt last without runs": (
+        ["fit", "ckpt_path=last"],
+        2,
+        r"lmsleep: error: ckpt_path=last: no checkpoint found under \S*logs/fit/runs; pass the experiment",
+    ),
     **{
         f"fit {k}": (["fit", o], 2, r"lmsleep: error: data\.task: [^\n]*" + m)
         for k, (o, m) in TASK_SIZES.items()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmsleep.callbacks.preemption import Preempted, Preemption
 from lmsleep.utils.config import (
     build,
     build_data_and_model,
@@ -61,6 +64,18 @@ def finish_run(loggers: list, cfg: DictConfig, metrics: dict[str, float]) -> Non
         logger.finalize("success")
 
 
+def _keep_earlier_csv_logs(cfg: DictConfig, step: int) -> None:
+    """A run resumed in its own folder would make Lightning's CSVLogger delete the metrics.csv written before
+    the interruption: the resumed part goes to ``<csv dir>/resumed_step_<step>/metrics.csv`` instead."""
+    for conf in (cfg.get("logger") or {}).values():
+        if not (isinstance(conf, DictConfig) and str(conf.get("_target_", "")).endswith("CSVLogger")):
+            continue
+        folder = Path(str(conf.save_dir)) / str(conf.get("name") or "") / str(conf.get("version") or "")
+        if (folder / "metrics.csv").is_file():
+            with open_dict(conf):
+                conf.version = str(Path(str(conf.get("version") or "")) / f"resumed_step_{step}")
+
+
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Train ``cfg.model`` on ``cfg.data`` and test the best checkpoint.
 
@@ -73,6 +88,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
         the metrics (``train/...``, ``val/...``, ``test/...``) and the objects built (trainer, model, data).
     """
     resume = check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
+    if resume is not None:
+        _keep_earlier_csv_logs(cfg, int(resume.get("global_step", 0)))
     datamodule, model, trainer, loggers = build_run(cfg)
     check_fits_model(resume, model, cfg.get("ckpt_path"))
     del resume
@@ -87,7 +104,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     log_hparams(loggers, cfg)
 
     if cfg.get("train", True):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        try:
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        except SIGTERMException as exc:  # Lightning's stop on SIGTERM is a SystemExit with status 0
+            stopper = next((cb for cb in trainer.callbacks if isinstance(cb, Preemption)), None)
+            signum = (stopper.signum if stopper else None) or signal.SIGTERM
+            raise Preempted(signum, trainer.global_step, stopper.saved if stopper else None) from exc
     metrics = as_floats(trainer.callback_metrics)
 
     if cfg.get("test", True):
