@@ -107,21 +107,23 @@ def test_slurm_script_resumes_in_its_run_folder(tmp_path):
     the job's, the world is nodes x tasks, and ``ckpt_path=last`` is added once a checkpoint exists there."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
-    (bin_dir / "srun").chmod(0o755)
+    (bin_dir / "srun").write_text('#!/bin/bash\nprintf "%s\\n" "$@"\nexit "${FAKE_STATUS:-0}"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scontrol.txt\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NNODES="3")
     env["SLURM_NTASKS_PER_NODE"] = "8"
 
-    def submit() -> list[str]:
+    def submit(status: int = 0) -> list[str]:
         done = subprocess.run(
             ["bash", str(REPO / "scripts" / "slurm_fit.sbatch"), "experiment=rule110_sleep_paper"],
             cwd=tmp_path,
-            env=env,
+            env={**env, "FAKE_STATUS": str(status)},
             capture_output=True,
             text=True,
             timeout=30,
         )
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == status, done.stderr
         return done.stdout.splitlines()
 
     first = submit()
@@ -136,3 +138,6 @@ def test_slurm_script_resumes_in_its_run_folder(tmp_path):
     (tmp_path / "logs" / "slurm" / "4242" / "checkpoints").mkdir(parents=True)
     (tmp_path / "logs" / "slurm" / "4242" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert "ckpt_path=last" in submit()  # the requeued job goes on from its newest checkpoint
+    assert not (tmp_path / "scontrol.txt").exists()
+    submit(status=143)  # stopped by SIGTERM (time limit ahead) with a checkpoint: the script requeues the job
+    assert (tmp_path / "scontrol.txt").read_text() == "requeue 4242\n"
