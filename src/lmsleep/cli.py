@@ -78,9 +78,14 @@ def _fit(cfg: DictConfig) -> None:
 
 @_reporting_config_errors
 def _test(cfg: DictConfig) -> None:
+    from lmsleep.callbacks.preemption import Preempted
     from lmsleep.evaluate import evaluate
 
-    metrics, objects = evaluate(cfg)
+    try:
+        metrics, objects = evaluate(cfg)
+    except Preempted as exc:
+        print(f"lmsleep: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 

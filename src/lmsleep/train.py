@@ -119,7 +119,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
             ckpt = cfg.get("ckpt_path") or ""  # `train=false ckpt_path=X`: test X, not the untrained weights
         if not ckpt:
             log.warning("No checkpoint (checkpointing off or fast_dev_run); testing the current weights")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+        try:
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+        except SIGTERMException as exc:  # a SystemExit with status 0: the run must not look finished
+            raise Preempted(signal.SIGTERM, trainer.global_step, None, testing=True) from exc
         metrics.update(as_floats(trainer.callback_metrics))
         log.info(f"Tested checkpoint: {ckpt or '(current weights)'}")
     finish_run(loggers, cfg, metrics)

@@ -28,10 +28,14 @@ log = logging.getLogger("lmsleep")
 class Preempted(RuntimeError):
     """A fit stopped by a signal; ``exit_code`` is ``128 + signum`` (143 for SIGTERM, 138 for SIGUSR1)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: str | None):
+    def __init__(self, signum: int, step: int, checkpoint: str | None, testing: bool = False):
         self.signum, self.step, self.checkpoint = int(signum), int(step), checkpoint
         self.exit_code = 128 + self.signum
         name = signal.Signals(self.signum).name
+        if testing:
+            what = "while testing; test the checkpoint again with `lmsleep test ckpt_path=...`"
+            super().__init__(f"preempted by {name} {what}")
+            return
         if checkpoint:
             what = f"saved {checkpoint}; resume with `lmsleep fit ckpt_path={checkpoint}` (or ckpt_path=last)"
         else:
