@@ -93,7 +93,7 @@ def _warn_once(message: str) -> None:
     schedules: one line, not one per step)."""
     if message not in _WARNED:
         _WARNED.add(message)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=4)  # the line that built the SleepConfig
 
 
 class SleepHooks:
