@@ -159,8 +159,14 @@ def find_last_checkpoint(args: list[str]) -> Path:
         from hydra import compose, initialize_config_dir
 
         rest = [a for a in args if not a.startswith(("ckpt_path=", "hydra.", "-"))]
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose("fit", overrides=rest)
+        try:
+            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+                cfg = compose("fit", overrides=rest)
+        except Exception as exc:  # a sweep's a,b values, an unknown config name: not one run to look up
+            raise ConfigError(
+                f"ckpt_path=last: cannot tell which runs to look in ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); pass ckpt_path=PATH"
+            ) from exc
         base = Path(str(cfg.paths.log_dir)) / str(cfg.task_name) / "runs"
         roots, where = sorted(base.glob("*")), str(base)
     found = [p for r in roots for p in (*r.glob("checkpoints/*.ckpt"), *r.glob("hpc_ckpt_*.ckpt"))]
