@@ -62,6 +62,7 @@ BENCH_AGAINST ?=
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/wake_latency.py
+	$(PY) benchmarks/data_generation.py
 	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
 	$(PY) benchmarks/train_step.py --experiment depo_sleep --passes 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
 	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 --repeats 1 --precision bf16-mixed --out benchmarks/results/train_step_rule110_sleep_bf16.json

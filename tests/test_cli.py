@@ -5,6 +5,7 @@ no checkpoints). Also the command's usage text."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
 from pathlib import Path
 
@@ -24,10 +25,19 @@ def bad_files(root: Path) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "garbage.ckpt").write_bytes(GARBAGE)
     torch.save({"weights": torch.zeros(2)}, root / "not_lightning.ckpt")
+    (root / "empty.ckpt").write_bytes(b"")
+    (root / "a_folder").mkdir(exist_ok=True)
+    torch.save({"state_dict": {}, "config": OmegaConf.create({"a": 1})}, root / "pickled.ckpt")
+    # the names of the tiny transformer's weights, with another width
+    torch.save({"state_dict": {"net.embed.weight": torch.zeros(8, 5)}}, root / "other_shape.ckpt")
     return {
         "missing": root / "nonexistent.ckpt",
         "garbage": root / "garbage.ckpt",
         "foreign": root / "not_lightning.ckpt",
+        "empty": root / "empty.ckpt",
+        "directory": root / "a_folder",
+        "pickled": root / "pickled.ckpt",
+        "shapes": root / "other_shape.ckpt",
     }
 
 
@@ -35,6 +45,11 @@ CKPT_MESSAGES = {
     "missing": r"ckpt_path=\S*nonexistent\.ckpt does not exist; pass the path of a \.ckpt file",
     "garbage": r"ckpt_path=\S*garbage\.ckpt is not a readable checkpoint",
     "foreign": r"ckpt_path=\S*not_lightning\.ckpt is not a Lightning checkpoint \(it holds no 'state_dict'\)",
+    "empty": r"ckpt_path=\S*empty\.ckpt is an empty file \(0 bytes",
+    "directory": r"ckpt_path=\S*a_folder is a directory; pass the path of a \.ckpt file inside it",
+    "pickled": r"ckpt_path=\S*pickled\.ckpt holds pickled Python objects, which lmsleep does not load",
+    "shapes": r"ckpt_path=\S*other_shape\.ckpt does not fit the configured model \(net\.embed\.weight is "
+    r"\[8, 5\] there but \[8, 16\] here",
 }
 
 # (override, what the message must say: the bad value and the valid range)
@@ -78,7 +93,7 @@ def test_bad_checkpoint_for_test_in_process(compose_fit, tiny, tmp_path, kind):
 def test_impossible_task_size_in_process(compose_fit, tiny, tmp_path, case):
     override, message = TASK_SIZES[case]
     cfg = compose_fit("debug=limit", *tiny, override)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(ConfigError, match=message):
         train(cfg)
     assert not (tmp_path / "run").exists()
 
@@ -96,12 +111,52 @@ CLI_CASES = {
         f"fit ckpt {k}": (["fit", "ckpt_path={" + k + "}"], 2, "lmsleep: error: " + m)
         for k, m in CKPT_MESSAGES.items()
     },
+    # (every kind goes through the same check for `test`; the in-process tests above cover them all)
     **{
-        f"test ckpt {k}": (["test", "ckpt_path={" + k + "}"], 2, "lmsleep: error: " + m)
-        for k, m in CKPT_MESSAGES.items()
+        f"test ckpt {k}": (["test", "ckpt_path={" + k + "}"], 2, "lmsleep: error: " + CKPT_MESSAGES[k])
+        for k in ("missing", "garbage", "foreign", "shapes")
     },
     "test without ckpt": (["test"], 2, r"lmsleep test needs ckpt_path=PATH"),
-    **{f"fit {k}": (["fit", o], 1, m) for k, (o, m) in TASK_SIZES.items()},
+    "fit ckpt last without runs": (
+        ["fit", "ckpt_path=last"],
+        2,
+        r"lmsleep: error: ckpt_path=last: no checkpoint found under \S*logs/fit/runs; pass the experiment",
+    ),
+    **{
+        f"fit {k}": (["fit", o], 2, r"lmsleep: error: data\.task: [^\n]*" + m)
+        for k, (o, m) in TASK_SIZES.items()
+    },
+    "fit max_steps": (
+        ["fit", "trainer.max_steps=abc"],
+        2,
+        r"lmsleep: error: trainer\.max_steps='abc' must be an integer",
+    ),
+    "fit devices": (["fit", "trainer.devices=abc"], 2, r"lmsleep: error: trainer: `devices` selected"),
+    "fit train_size": (
+        ["fit", "data.train_size=0"],
+        2,
+        r"lmsleep: error: data\.train_size must be >= 1 sample, got 0",
+    ),
+    "fit sleep passes": (
+        ["fit", "model.sleep.passes=0"],
+        2,
+        r"lmsleep: error: model: sleep\.passes must be >= 1",
+    ),
+    "fit run dir is a file": (
+        ["fit", "hydra.run.dir={garbage}"],
+        2,
+        r"lmsleep: error: hydra\.run\.dir=\S*garbage\.ckpt is a file, not a folder",
+    ),
+    "fit run dir under a file": (
+        ["fit", "hydra.run.dir={garbage}/run"],
+        2,
+        r"lmsleep: error: hydra\.run\.dir=\S*garbage\.ckpt/run cannot be written \(Not a directory",
+    ),
+    "test log dir cannot be created": (
+        ["test", "ckpt_path={shapes}", "hydra.run.dir=/proc/lmsleep/run"],
+        2,
+        r"lmsleep: error: hydra\.run\.dir=/proc/lmsleep/run cannot be written",
+    ),
     "unknown command": (["train"], 2, r"unknown command 'train'; use one of: fit, test, export-data"),
     "export split": (
         ["export-data", "split=dev"],
@@ -109,6 +164,21 @@ CLI_CASES = {
         r"split='dev' is not one of \['test', 'train', 'val'\]",
     ),
     "export n": (["export-data", "n=-1"], 2, r"n=-1 and start=0 must be >= 0"),
+    "export out is a folder": (
+        ["export-data", "out={directory}"],
+        2,
+        r"out=\S*a_folder is a folder; pass a file",
+    ),
+    "export out under a file": (
+        ["export-data", "out={garbage}/x.jsonl"],
+        2,
+        r"out=\S*garbage\.ckpt/x\.jsonl cannot be written",
+    ),
+    "export out cannot be created": (
+        ["export-data", "out=/proc/lmsleep/x.jsonl"],
+        2,
+        r"out=/proc/lmsleep/x\.jsonl cannot be written \(No such file or directory",
+    ),
 }
 
 
@@ -124,7 +194,8 @@ def cli_results(tmp_path_factory, cli, tiny):
         cwd.mkdir()
         args = [a.format(**files) for a in args]
         extra = [f"paths.log_dir={cwd}/logs", *tiny] if args[0] in ("fit", "test") else []
-        return cwd, cli(*args, *extra, cwd=cwd, timeout=120)
+        # the case's own arguments last, so they win over the tiny defaults
+        return cwd, cli(args[0], *extra, *args[1:], cwd=cwd, timeout=120)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(run, name) for name in CLI_CASES}
@@ -142,6 +213,19 @@ def test_cli_error(cli_results, name):
     assert "Epoch" not in output and "Sanity Checking" not in output
     assert not list(cwd.rglob("*.ckpt"))
     assert not list(cwd.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_log_dir(cli, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = cli("fit", f"paths.log_dir={locked}/logs", cwd=tmp_path, timeout=60)
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2
+    assert re.search(r"lmsleep: error: paths\.log_dir=\S*locked/logs cannot be written", result.stderr)
 
 
 def test_cli_usage(cli, tmp_path):

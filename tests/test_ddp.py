@@ -68,7 +68,7 @@ def test_ranks_split_the_data_and_metrics_are_reduced(ddp_run, compose, tmp_path
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     (run,) = (root / "logs" / "fit" / "runs").iterdir()
     last = run / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     # 8 batches shared by 2 ranks: 4 optimiser steps (one process alone would take limit_train_batches = 5)
     assert ckpt["global_step"] == 4
     assert ckpt["lmsleep_run"]["overrides"] == overrides  # the command stored its overrides

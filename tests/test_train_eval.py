@@ -47,7 +47,7 @@ def test_fit_writes_checkpoints_with_the_run_overrides(fitted):
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["epoch_000.ckpt", "last.ckpt"]
     assert fitted.objects["trainer"].checkpoint_callback.best_model_path == str(ckpts / "epoch_000.ckpt")
     assert fitted.objects["trainer"].global_step == 4
-    ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["lmsleep_run"]["overrides"] == fitted.overrides
     assert ckpt["lmsleep_run"]["config"]["data"]["task"]["width"] == 6
     assert ckpt["sleep_config"]["window"] == 6
@@ -189,3 +189,15 @@ def test_flush_denormal_is_set_by_a_run(cfg_fit):
         assert (torch.tensor([1e-30]) * 1e-9).item() == 0.0
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_a_window_that_never_fills_is_reported_once(compose_fit, tiny, one_thread):
+    # Rule 110 W = 6: 4 states and 4 queries = 28 tokens, in windows of 64: no eviction, no sleep.
+    cfg = compose_fit(
+        "debug=fdr", *tiny, "data.task.width=6", "model.sleep.eviction=hard", "model.sleep.window=64"
+    )
+    with pytest.warns(
+        UserWarning, match=r"model\.sleep\.window=64 >= the sequence length \d+: every sequence is one window"
+    ) as caught:
+        train(cfg)
+    assert sum("sequence is one window" in str(w.message) for w in caught) == 1

@@ -6,12 +6,19 @@ import functools
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmsleep.utils.config import ConfigError, check_checkpoint, config_dir, with_user_searchpath
+from lmsleep.utils.config import (
+    ConfigError,
+    check_checkpoint,
+    check_writable_dir,
+    config_dir,
+    with_user_searchpath,
+)
 
 log = logging.getLogger("lmsleep")
 
@@ -62,18 +69,32 @@ def _reporting_config_errors(job):
 
 @_reporting_config_errors
 def _fit(cfg: DictConfig) -> None:
+    from lmsleep.callbacks.preemption import Preempted
+    from lmsleep.lit.module import NonFiniteError
     from lmsleep.train import train
 
-    metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    try:
+        metrics, objects = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except NonFiniteError as exc:  # a run that failed, not a bad input: status 1
+        print(f"lmsleep: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except Preempted as exc:  # 143 for SIGTERM: schedulers see an unfinished run
+        print(f"lmsleep: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 
 
 @_reporting_config_errors
 def _test(cfg: DictConfig) -> None:
+    from lmsleep.callbacks.preemption import Preempted
     from lmsleep.evaluate import evaluate
 
-    metrics, objects = evaluate(cfg)
+    try:
+        metrics, objects = evaluate(cfg)
+    except Preempted as exc:
+        print(f"lmsleep: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     if objects["trainer"].is_global_zero:
         _report(metrics, cfg)
 
@@ -97,15 +118,91 @@ def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
     print(f"TensorBoard: tensorboard --logdir {cfg.paths.output_dir}/tensorboard")
 
 
+def _stored_overrides(ckpt: dict, args: list[str], keys: tuple[str, ...] | None) -> list[str]:
+    """The overrides a checkpoint's run was started with (those of ``keys``, or all but the checkpoint and
+    Hydra's own), minus the keys the user passes now: the user's win."""
+    stored = ckpt.get("lmsleep_run", {}).get("overrides", [])
+    user_keys = {a.lstrip("+~").split("=", 1)[0] for a in args}
+    return [
+        o
+        for o in stored
+        if (_override_key(o) in keys if keys else _override_key(o) not in ("ckpt_path", "hydra"))
+        and o.lstrip("+~").split("=", 1)[0] not in user_keys
+    ]
+
+
 def _with_checkpoint_overrides(args: list[str]) -> list[str]:
     """Prepend the data/model overrides stored in the checkpoint named by ``ckpt_path=`` (the user's win)."""
     paths = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
     if not paths:
         raise ConfigError("lmsleep test needs ckpt_path=PATH (a .ckpt file written by `lmsleep fit`)")
-    ckpt = check_checkpoint(paths[-1])
-    stored = [o for o in ckpt.get("lmsleep_run", {}).get("overrides", []) if _override_key(o) in MODEL_KEYS]
-    user_keys = {a.lstrip("+~").split("=", 1)[0] for a in args}
-    return [o for o in stored if o.lstrip("+~").split("=", 1)[0] not in user_keys] + args
+    return _stored_overrides(check_checkpoint(paths[-1]), args, MODEL_KEYS) + args
+
+
+def _resuming(args: list[str]) -> list[str]:
+    """``lmsleep fit ... ckpt_path=PATH|last``: the run goes on with the overrides it was started with (the
+    user's win) in the run folder the checkpoint lies in (``<run>/checkpoints/x.ckpt``), unless the user names
+    another with ``hydra.run.dir``. ``last`` is the newest checkpoint of this task's runs."""
+    value = _last_value(args, "ckpt_path")
+    if value in (None, "null", "None") or any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in args):
+        return args
+    path = find_last_checkpoint(args) if value == "last" else Path(value).expanduser()
+    ckpt = check_checkpoint(str(path))
+    args = [a for a in args if not a.startswith("ckpt_path=")] + [f"ckpt_path={path}"]
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if not multirun and _last_value(args, "hydra.run.dir") is None and (run / ".hydra").is_dir():
+        args.append(f"hydra.run.dir={run}")
+    if not os.environ.get("LOCAL_RANK"):  # once, not from every DDP rank
+        print(f"lmsleep: resuming {path} (step {ckpt.get('global_step')})", file=sys.stderr)
+    return _stored_overrides(ckpt, args, None) + args
+
+
+def find_last_checkpoint(args: list[str]) -> Path:
+    """The newest ``.ckpt`` (by modification time) of the run folder ``hydra.run.dir`` if given, else of every
+    run of the task the other arguments compose to (``<paths.log_dir>/<task_name>/runs/*/``)."""
+    run_dir = _last_value(args, "hydra.run.dir")
+    if run_dir is not None:
+        roots, where = [Path(run_dir)], f"hydra.run.dir={run_dir}"
+    else:
+        from hydra import compose, initialize_config_dir
+
+        rest = [a for a in args if not a.startswith(("ckpt_path=", "hydra.", "-"))]
+        try:
+            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+                cfg = compose("fit", overrides=rest)
+        except Exception as exc:  # a sweep's a,b values, an unknown config name: not one run to look up
+            raise ConfigError(
+                f"ckpt_path=last: cannot tell which runs to look in ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); pass ckpt_path=PATH"
+            ) from exc
+        base = Path(str(cfg.paths.log_dir)) / str(cfg.task_name) / "runs"
+        roots, where = sorted(base.glob("*")), str(base)
+    found = [p for r in roots for p in (*r.glob("checkpoints/*.ckpt"), *r.glob("hpc_ckpt_*.ckpt"))]
+    if not found:
+        raise ConfigError(
+            f"ckpt_path=last: no checkpoint found under {where}; pass the experiment (or task_name) of the run "
+            "to resume, ckpt_path=PATH, or no ckpt_path to start a new run"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime_ns)
+
+
+def _last_value(args: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
+def _check_log_dir(args: list[str]) -> None:
+    """The folder the run will write to must be creatable and writable (checked before Hydra makes it)."""
+    if any(a in ("--help", "-h", "--cfg", "-c", "--info", "--hydra-help") for a in args):
+        return  # prints, runs nothing
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    for key in ("hydra.sweep.dir" if multirun else "hydra.run.dir", "paths.log_dir"):
+        value = _last_value(args, key)
+        if value is not None and "${" not in value:
+            check_writable_dir(value, key)
+            return
+    check_writable_dir("logs", "paths.log_dir")
 
 
 def _run(config_name: str, task, args: list[str], command: str) -> None:
@@ -129,10 +226,13 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     try:
         if command == "fit":
+            rest = _resuming(rest)
+            _check_log_dir(rest)
             _run("fit", _fit, rest, "fit")
         elif command == "test":
             if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
                 rest = _with_checkpoint_overrides(rest)
+            _check_log_dir(rest)
             _run("test", _test, rest, "test")
         elif command in ("export-data", "export_data", "export"):
             _run("export", _export, rest, "export-data")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from lmsleep.callbacks.preemption import Preempted
 from lmsleep.train import as_floats, build_run, finish_run
-from lmsleep.utils.config import ConfigError, check_checkpoint
+from lmsleep.utils.config import ConfigError, check_checkpoint, check_fits_model
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -16,9 +19,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         raise ConfigError(
             "ckpt_path is required: `lmsleep test ckpt_path=logs/fit/runs/<run>/checkpoints/last.ckpt`"
         )
-    check_checkpoint(cfg.ckpt_path)
+    ckpt = check_checkpoint(cfg.ckpt_path)
     datamodule, model, trainer, loggers = build_run(cfg)
-    trainer.test(model=model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=False)
+    check_fits_model(ckpt, model, cfg.ckpt_path)
+    del ckpt
+    try:
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    except SIGTERMException as exc:  # a SystemExit with status 0: the run must not look finished
+        raise Preempted(signal.SIGTERM, trainer.global_step, None, testing=True) from exc
     metrics = as_floats(trainer.callback_metrics)
     finish_run(loggers, cfg, metrics)
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "cfg": cfg}

@@ -23,8 +23,20 @@ def export_data(cfg: DictConfig) -> int:
     out = str(cfg.out)
     stream = sys.stdout if out == "-" else None
     if stream is None:
-        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        stream = open(Path(out).expanduser(), "w")  # noqa: SIM115 - closed below
+        file = Path(out).expanduser()
+        if file.is_dir():
+            raise ConfigError(
+                f"out={out} is a folder; pass a file path (e.g. out={out}/samples.jsonl) or out=-"
+            )
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            stream = open(file, "w")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(
+                f"out={out} cannot be written ({reason}: {exc.filename or file}); pass a writable file path "
+                "or out=- for stdout"
+            ) from exc
     try:
         for index in range(int(cfg.start), int(cfg.start) + int(cfg.n)):
             stream.write(json.dumps(task.export(cfg.split, index)) + "\n")

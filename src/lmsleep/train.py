@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import inspect
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmsleep.callbacks.preemption import Preempted, Preemption
 from lmsleep.utils.config import (
     ConfigError,
+    build,
     build_data_and_model,
     check_checkpoint,
+    check_fits_model,
+    check_trainer,
     flat_hparams,
     instantiate_group,
 )
@@ -55,6 +60,7 @@ def check_precision(trainer_cfg: DictConfig) -> None:
 def build_run(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
     """Seed, then the DataModule, the LightningModule, the loggers and a Trainer with the configured callbacks."""
     check_precision(cfg.trainer)
+    check_trainer(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("flush_denormal", True):
@@ -65,7 +71,7 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
     callbacks = instantiate_group(cfg.get("callbacks"), "callback")
     loggers = instantiate_group(cfg.get("logger"), "logger")
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer, loggers
 
 
@@ -74,6 +80,18 @@ def finish_run(loggers: list, cfg: DictConfig, metrics: dict[str, float]) -> Non
     log_hparams(loggers, cfg, metrics)
     for logger in loggers:
         logger.finalize("success")
+
+
+def _keep_earlier_csv_logs(cfg: DictConfig, step: int) -> None:
+    """A run resumed in its own folder would make Lightning's CSVLogger delete the metrics.csv written before
+    the interruption: the resumed part goes to ``<csv dir>/resumed_step_<step>/metrics.csv`` instead."""
+    for conf in (cfg.get("logger") or {}).values():
+        if not (isinstance(conf, DictConfig) and str(conf.get("_target_", "")).endswith("CSVLogger")):
+            continue
+        folder = Path(str(conf.save_dir)) / str(conf.get("name") or "") / str(conf.get("version") or "")
+        if (folder / "metrics.csv").is_file():
+            with open_dict(conf):
+                conf.version = str(Path(str(conf.get("version") or "")) / f"resumed_step_{step}")
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
@@ -87,8 +105,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     Returns:
         the metrics (``train/...``, ``val/...``, ``test/...``) and the objects built (trainer, model, data).
     """
-    check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
+    resume = check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
+    if resume is not None:
+        _keep_earlier_csv_logs(cfg, int(resume.get("global_step", 0)))
     datamodule, model, trainer, loggers = build_run(cfg)
+    check_fits_model(resume, model, cfg.get("ckpt_path"))
+    del resume
     model.run_config = {
         "overrides": list(overrides or []),
         "config": OmegaConf.to_container(cfg, resolve=False),
@@ -100,8 +122,12 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
     log_hparams(loggers, cfg)
 
     if cfg.get("train", True):
-        # weights_only=False: the checkpoint holds our config objects, and check_checkpoint has loaded it already
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=False)
+        try:
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        except SIGTERMException as exc:  # Lightning's stop on SIGTERM is a SystemExit with status 0
+            stopper = next((cb for cb in trainer.callbacks if isinstance(cb, Preemption)), None)
+            signum = (stopper.signum if stopper else None) or signal.SIGTERM
+            raise Preempted(signum, trainer.global_step, stopper.saved if stopper else None) from exc
     metrics = as_floats(trainer.callback_metrics)
 
     if cfg.get("test", True):
@@ -111,7 +137,10 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
             ckpt = cfg.get("ckpt_path") or ""  # `train=false ckpt_path=X`: test X, not the untrained weights
         if not ckpt:
             log.warning("No checkpoint (checkpointing off or fast_dev_run); testing the current weights")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=False)
+        try:
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
+        except SIGTERMException as exc:  # a SystemExit with status 0: the run must not look finished
+            raise Preempted(signal.SIGTERM, trainer.global_step, None, testing=True) from exc
         metrics.update(as_floats(trainer.callback_metrics))
         log.info(f"Tested checkpoint: {ckpt or '(current weights)'}")
     finish_run(loggers, cfg, metrics)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from lmsleep.data.depo import DepoTask
@@ -122,12 +120,11 @@ def test_smoke_size_answers_and_layout(kwargs):
     assert (mixed > 30) if task.hops_per == "query" else (mixed == 0)
 
 
-def test_paper_size_is_fast_and_within_360_tokens():
+def test_paper_size_is_within_360_tokens():
+    # Generation speed at this size is measured by benchmarks/data_generation.py, not asserted here.
     task = DepoTask(**PAPER)
     assert task.max_length == 360
-    start = time.perf_counter()
     samples = [check_sample(task, "test", i) for i in range(20)]
-    assert (time.perf_counter() - start) / 20 < 0.05
     assert all(len(s["input_ids"]) == 360 for s in samples)
 
 

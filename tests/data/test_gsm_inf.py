@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from lmsleep.data.gsm_inf import GSMInfTask
@@ -121,15 +119,13 @@ def test_smoke_size_answers_ops_and_layout(kwargs):
     assert sum(distracted) > len(samples) // 2
 
 
-def test_paper_size_is_fast_and_long_enough():
+def test_paper_size_is_long_enough():
+    # Generation speed at this size is measured by benchmarks/data_generation.py, not asserted here.
     for modular in (True, False):
         task = GSMInfTask(**PAPER, modular=modular)
         assert task.max_length == 11 + 3300 + 2
-        # val/test samples cost ~20 draws each (a draw is kept only if its key hashes into the split's 5%).
         for split in ("train", "test"):
-            start = time.perf_counter()
             samples = [task.sample(split, i) for i in range(10)]
-            assert (time.perf_counter() - start) / 10 < 0.05, f"{split} samples take over 50 ms"
             assert all(1 <= s["ops"] <= 8 for s in samples)
         for i in range(2):
             s = check_sample(task, "test", i)

@@ -320,12 +320,13 @@ class StepRecorder(L.Callback):
 
 
 class DumpParams(L.Callback):
-    """Writes, per rank, the parameters after training, a hash of the batches it trained on and the initial
-    parameters to ``<dirpath>/rank<r>.pt`` (for the DDP agreement test)."""
+    """Writes, per rank, the parameters after training, a hash of the batches it trained on (and of each
+    sample), and the initial parameters to ``<dirpath>/rank<r>.pt`` (for the DDP agreement test)."""
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
         self.batches = hashlib.sha256()
+        self.samples: list[str] = []  # a hash of every training sample (row of input_ids and labels) seen
         self.initial: dict[str, torch.Tensor] = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -333,6 +334,8 @@ class DumpParams(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batches.update(batch["input_ids"].cpu().numpy().tobytes())
+        for ids, labels in zip(batch["input_ids"].cpu(), batch["labels"].cpu(), strict=True):
+            self.samples.append(hashlib.sha256(ids.numpy().tobytes() + labels.numpy().tobytes()).hexdigest())
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
@@ -344,6 +347,7 @@ class DumpParams(L.Callback):
                 "params": {n: p.detach().cpu().clone() for n, p in pl_module.net.named_parameters()},
                 "initial": self.initial,
                 "batches": self.batches.hexdigest(),
+                "samples": self.samples,
             },
             self.dirpath / f"rank{trainer.global_rank}.pt",
         )

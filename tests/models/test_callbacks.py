@@ -289,7 +289,7 @@ def test_sleep_monitor_writes_scalars_and_gate_histograms(staged_run):
 def test_resume_continues_with_the_schedule_in_force(staged_run, tmp_path):
     ckpt = staged_run.out / "checkpoints" / "step_2.ckpt"
     assert ckpt.is_file(), sorted(p.name for p in (staged_run.out / "checkpoints").iterdir())
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2 and saved["sleep_config"]["passes"] == 1
     # the config says N = 2 (rule110_sleep) and trains everything: only the schedule can put step 2 back
     # into stage 0
@@ -309,7 +309,7 @@ def test_resume_without_a_schedule_keeps_the_checkpoint_sleep_settings(tmp_path)
     """LitLM restores the sleep settings a fit had (a schedule may have set them) when the fit resumes."""
     _fit(tmp_path / "first", "callbacks.sleep_schedule.mode=constant", f"trainer.max_steps={2}")
     ckpt = tmp_path / "first" / "checkpoints" / "step_2.ckpt"
-    assert torch.load(ckpt, map_location="cpu", weights_only=False)["sleep_config"]["passes"] == 2
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["sleep_config"]["passes"] == 2
     _, objects, recorder = _fit(
         tmp_path / "second",
         "callbacks.sleep_schedule.mode=constant",

@@ -7,6 +7,8 @@ logits by O(1) while exact equalities hold to ~1e-15.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -426,10 +428,21 @@ def test_grad_passes_below_n_cuts_gradient_to_earlier_windows_tokens(rule):
 
     full_embed, full_qkv = grads(None)
     with pytest.warns(UserWarning, match="grad_passes=1 < passes=3"):
-        sleep_module._WARNED.discard("grad_passes")
+        sleep_module._WARNED.clear()
         cut_embed, cut_qkv = grads(1)
     for w in (0, 1):  # earlier windows' tokens: gradient only with full backprop
         assert full_embed[window_rows[w]].abs().max() > 0
         assert cut_embed[window_rows[w]].abs().max() == 0
     assert cut_embed[window_rows[2]].abs().max() > 0  # the loss window's own tokens
     assert cut_qkv.abs().max() > 0 and not torch.allclose(cut_qkv, full_qkv)
+
+
+def test_settings_that_change_nothing_are_reported_once():
+    sleep_module._WARNED.discard(
+        "sleep.grad_passes=7 is more than sleep.passes=3: every pass is backpropagated, as with grad_passes=null"
+    )
+    with pytest.warns(UserWarning, match=r"sleep\.grad_passes=7 is more than sleep\.passes=3"):
+        SleepConfig(passes=3, grad_passes=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SleepConfig(passes=3, grad_passes=7)  # once

@@ -228,6 +228,23 @@ def test_loading_a_stream_with_other_settings_fails(tmp_path):
         Stream(model, SleepConfig(passes=2, window=L), batch_size=2).load_state_dict(data)
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(rule="mamba2"),  # K = V here: the state has the same shape under the other rule
+        dict(dim=32),
+        dict(layout="ssm,attn,ssm,attn"),
+    ],
+    ids=["rule", "width", "layout"],
+)
+def test_loading_a_stream_into_another_model_fails(tmp_path, other):
+    stream = Stream(make_model("gated_delta"), SleepConfig(passes=2, window=L), batch_size=2)
+    stream.feed(random_ids(2, L + 2))
+    stream.save(tmp_path / "stream.pt")
+    with pytest.raises(ValueError, match="saved stream belongs to another model"):
+        Stream.load(tmp_path / "stream.pt", make_model(**{"rule": "gated_delta", **other}))
+
+
 RESUME = textwrap.dedent(
     """
     import sys, torch

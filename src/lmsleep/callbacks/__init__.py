@@ -1,7 +1,8 @@
 """Callbacks decide *when* (schedules, stages) and observe (monitoring), never *how*."""
 
+from lmsleep.callbacks.preemption import Preempted, Preemption
 from lmsleep.callbacks.sleep_monitor import SleepMonitor
 from lmsleep.callbacks.sleep_schedule import SleepSchedule
 from lmsleep.callbacks.validation_pictures import ValidationPictures
 
-__all__ = ["SleepMonitor", "SleepSchedule", "ValidationPictures"]
+__all__ = ["Preempted", "Preemption", "SleepMonitor", "SleepSchedule", "ValidationPictures"]

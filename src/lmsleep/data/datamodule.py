@@ -87,6 +87,9 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+            if int(size) < 1:
+                raise ValueError(f"data.{name} must be >= 1 sample, got {size}")
         self.task = task
         self.batch_size = int(batch_size)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmsleep.data.task import IGNORE_INDEX
@@ -14,6 +17,21 @@ from lmsleep.lit.optim import OptimConfig, build_optimizer, warmup_cosine
 from lmsleep.models.hybrid import HybridLM
 from lmsleep.models.sleep import SleepConfig, SleepHooks
 from lmsleep.models.state import ModelState
+
+log = logging.getLogger("lmsleep")
+
+
+class NonFiniteError(RuntimeError):
+    """A training step met a NaN or infinite loss, gradient norm or weight (``optim.nonfinite=stop``)."""
+
+
+def _plain(settings: Any) -> dict[str, Any] | None:
+    """A config mapping (e.g. an OmegaConf DictConfig) as a plain dict of plain values."""
+    if settings is None:
+        return None
+    if isinstance(settings, DictConfig):
+        return OmegaConf.to_container(settings, resolve=True)
+    return dict(settings)
 
 
 class LitLM(L.LightningModule, SleepHooks):
@@ -47,12 +65,19 @@ class LitLM(L.LightningModule, SleepHooks):
         depth_name: str = "depth",
     ):
         super().__init__()
+        # Plain dicts, not Hydra's DictConfigs: checkpoints then hold only tensors and plain containers and
+        # load with torch.load(weights_only=True) (no pickled objects that could run code).
+        sleep, optim = _plain(sleep), _plain(optim)
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.sleep = SleepConfig(**dict(sleep or {}))
         self.optim_cfg = OptimConfig.from_dict(optim)
         self.val_metrics, self.test_metrics = AnswerMetrics(depth_name), AnswerMetrics(depth_name)
         self._total_steps = 1  # of the cosine schedule; set when training starts
+        self._window_checked = False
+        self.skipped_batches = 0  # batches dropped for a non-finite loss or gradient (optim.nonfinite=skip)
+        self.batches_done = 0  # training batches of this fit, resumed runs included: the step scalars log at
+        self._resync_log_step = False
 
     # --- forward and hooks ------------------------------------------------------------------------------
     def forward(
@@ -84,10 +109,35 @@ class LitLM(L.LightningModule, SleepHooks):
         self._dispatch("on_sleep_end", window, passes, state)
 
     # --- steps ------------------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def _check_window(self, input_ids: torch.Tensor) -> None:
+        """Say once if the window never fills: then nothing is evicted and sleep never runs."""
+        length, cfg = input_ids.shape[1], self.sleep
+        if self._window_checked or cfg.eviction == "none":
+            return
+        self._window_checked = True
+        if cfg.window >= length:
+            rank_zero_warn(
+                f"model.sleep.window={cfg.window} >= the sequence length {length}: every sequence is one "
+                f"window, so nothing is evicted and sleep (passes={cfg.passes}) never runs; set "
+                f"model.sleep.window below {length} (e.g. to the task's window, data.task.window)"
+            )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._resync_log_step:
+            # Lightning restores its logging step (``_batches_that_stepped``) one too high from a checkpoint
+            # saved after an epoch's validation, so a resumed run's curves would sit one step to the right;
+            # the count this module saved is exact wherever the checkpoint was taken.
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.batches_done
+            self._resync_log_step = False
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         # Lightning does backward, clipping, accumulation, the optimiser step and the schedule.
+        self.batches_done += 1
+        self._check_window(batch["input_ids"])
         logits, _ = self(batch["input_ids"])
         loss = masked_cross_entropy(logits, batch["labels"])
+        if not self._finite("train/loss", loss):
+            return None  # Lightning skips the backward and the optimiser step of this batch
         with torch.no_grad():  # a local per-batch figure: no cross-rank sync on every step
             mask = batch["labels"] != IGNORE_INDEX
             acc = ((logits.argmax(-1) == batch["labels"]) & mask).sum() / mask.sum().clamp(min=1)
@@ -95,9 +145,38 @@ class LitLM(L.LightningModule, SleepHooks):
         self.log("train/acc", acc, prog_bar=True, batch_size=len(logits))
         self.log("sleep/passes", float(self.sleep.passes), batch_size=len(logits))
         self.log("sleep/window", float(self.sleep.window), batch_size=len(logits))
+        self.log("train/skipped_batches", float(self.skipped_batches), batch_size=len(logits))
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping and the step (DDP has already averaged the gradients): one global norm.
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads and not self._finite("the gradient norm", torch.nn.utils.get_total_norm(grads)):
+            optimizer.zero_grad(set_to_none=True)  # no gradient: Muon and AdamW leave every parameter be
+
+    def _finite(self, what: str, value: torch.Tensor) -> bool:
+        """False when ``value`` (this step's loss or gradient norm) is NaN/inf on any rank (then
+        ``optim.nonfinite=skip`` counts the batch; ``stop`` raises :class:`NonFiniteError` before any
+        optimiser step)."""
+        finite = bool(torch.isfinite(value))
+        if self._trainer is not None and self.trainer.world_size > 1:  # every rank decides the same
+            finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        if finite:
+            return True
+        message = f"{what} is {value.item()} at step {self.global_step}"
+        if self.optim_cfg.nonfinite == "stop":
+            raise NonFiniteError(
+                f"{message} (batch {self.global_step + self.skipped_batches}); lower the learning rates "
+                "(model.optim.*_lr), clip gradients (trainer.gradient_clip_val) or skip such batches with "
+                "model.optim.nonfinite=skip"
+            )
+        self.skipped_batches += 1
+        log.warning(f"{message}: batch skipped ({self.skipped_batches} so far)")
+        self.log("train/skipped_batches", float(self.skipped_batches), batch_size=1)
+        return False
+
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        self._check_window(batch["input_ids"])
         logits, _ = self(batch["input_ids"])
         depth = batch.get("answer_depth", batch["depth"])  # per answer where a sample mixes depths
         getattr(self, f"{split}_metrics").update(logits, batch["labels"], depth)
@@ -143,7 +222,16 @@ class LitLM(L.LightningModule, SleepHooks):
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        weights = checkpoint.get("state_dict", {})
+        bad = [k for k, t in weights.items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:  # a checkpoint must never make non-finite weights "best" or "last"
+            raise NonFiniteError(
+                f"the weights are non-finite at step {self.global_step} ({bad[0]}"
+                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); no checkpoint saved"
+            )
         checkpoint["sleep_config"] = self.sleep.to_dict()
+        checkpoint["skipped_batches"] = self.skipped_batches
+        checkpoint["batches_done"] = self.batches_done
         # The run's overrides let `lmsleep test ckpt_path=...` rebuild the same data and model.
         if getattr(self, "run_config", None):
             checkpoint["lmsleep_run"] = self.run_config
@@ -152,5 +240,9 @@ class LitLM(L.LightningModule, SleepHooks):
         # Resuming a fit continues with the sleep settings it had (a schedule may have changed them);
         # testing uses the configured ones, so a checkpoint can be evaluated at another N.
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting:  # the counts of a resumed fit go on
+            self.skipped_batches = int(checkpoint.get("skipped_batches", 0))
+            if "batches_done" in checkpoint:
+                self.batches_done, self._resync_log_step = int(checkpoint["batches_done"]), True
         if fitting and "sleep_config" in checkpoint:
             self.sleep = SleepConfig(**checkpoint["sleep_config"])

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+NONFINITE = ("stop", "skip")
+
 
 @dataclass
 class OptimConfig:
@@ -29,6 +31,9 @@ class OptimConfig:
         warmup_steps: linear warm-up from 0 to the peak rate.
         min_lr_ratio: the cosine decays to this fraction of the peak at the last step.
         muon_adjust_lr: Muon's ``adjust_lr_fn`` (``original`` or ``match_rms_adamw``; None = torch's default).
+        nonfinite: what a training step whose loss or gradient norm is NaN or infinite does: ``stop`` (the fit
+            ends with an error naming the step and the quantity; no optimiser step is taken) or ``skip``
+            (the batch is dropped without an optimiser step and counted in ``train/skipped_batches``).
     """
 
     muon_lr: float = 2e-3
@@ -40,11 +45,14 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     muon_adjust_lr: str | None = None
+    nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
         for name in ("muon_lr", "adamw_lr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"optim.nonfinite={self.nonfinite!r} is not one of {NONFINITE}")
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
 

@@ -75,7 +75,16 @@ class SleepConfig:
             )
         self.passes, self.window = int(self.passes), int(self.window)
         if self.grad_passes is not None and int(self.grad_passes) < self.passes:
-            _warn_truncated_sleep_gradient(int(self.grad_passes), self.passes)
+            _warn_once(
+                f"sleep.grad_passes={self.grad_passes} < passes={self.passes}: features and fast weights are "
+                "detached before the kept passes, so no gradient from later windows reaches a consolidated "
+                "window's tokens or any earlier window (grad_passes=null backpropagates all, as the paper)"
+            )
+        if self.grad_passes is not None and int(self.grad_passes) > self.passes:
+            _warn_once(
+                f"sleep.grad_passes={self.grad_passes} is more than sleep.passes={self.passes}: every pass is "
+                "backpropagated, as with grad_passes=null"
+            )
 
     @property
     def sliding(self) -> int | None:
@@ -89,16 +98,12 @@ class SleepConfig:
 _WARNED: set[str] = set()
 
 
-def _warn_truncated_sleep_gradient(grad_passes: int, passes: int) -> None:
-    if "grad_passes" not in _WARNED:
-        _WARNED.add("grad_passes")
-        warnings.warn(
-            f"sleep.grad_passes={grad_passes} < passes={passes}: features and fast weights are detached before "
-            "the kept passes, so no gradient from later windows reaches a consolidated window's tokens or "
-            "any earlier window (set grad_passes=null for full backprop, as in the paper)",
-            UserWarning,
-            stacklevel=3,
-        )
+def _warn_once(message: str) -> None:
+    """A UserWarning the first time this process meets ``message`` (configs are rebuilt every step by
+    schedules: one line, not one per step)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=4)  # the line that built the SleepConfig
 
 
 class SleepHooks:

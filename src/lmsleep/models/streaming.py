@@ -131,11 +131,33 @@ class Stream:
             "tokens_seen": self.tokens_seen,
             "batch_size": self.batch_size,
             "sleep_config": self.cfg.to_dict(),
+            "model": self.model_signature(),
         }
+
+    def model_signature(self) -> dict[str, Any]:
+        """What a saved state depends on: the block layout, the width and each fast-weight layer's rule and
+        state shape (a state saved with one rule has the other's shape when K = V, so shapes alone miss it)."""
+        layers = []
+        for kind, block in zip(self.model.kinds, self.model.blocks, strict=True):
+            mixer = block.mixer
+            if hasattr(mixer, "rule"):
+                layers.append(
+                    [kind, mixer.rule, mixer.heads, mixer.key_dim, mixer.value_dim, mixer.conv_size]
+                )
+            else:
+                layers.append([kind])
+        return {"dim": int(self.model.dim), "layers": layers}
 
     def load_state_dict(self, data: dict[str, Any]) -> None:
         if data["batch_size"] != self.batch_size:
             raise ValueError(f"saved stream has batch size {data['batch_size']}, this one {self.batch_size}")
+        saved, mine = data.get("model"), self.model_signature()
+        if saved is not None and saved != mine:
+            raise ValueError(
+                f"saved stream belongs to another model (width {saved['dim']}, blocks {saved['layers']}), "
+                f"not this one (width {mine['dim']}, blocks {mine['layers']}; [kind, rule, heads, K, V, conv]); "
+                "load it into the model it was saved with"
+            )
         if data["sleep_config"] != self.cfg.to_dict():
             raise ValueError(
                 f"saved stream used sleep settings {data['sleep_config']}, this one {self.cfg.to_dict()}; "
