@@ -14,31 +14,23 @@ from __future__ import annotations
 import argparse
 import time
 
-from lmsleep.data.depo import DepoTask
-from lmsleep.data.gsm_inf import GSMInfTask
-from lmsleep.data.rule110 import Rule110Task
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-TASKS = {
-    "rule110 (paper)": lambda: Rule110Task(width=24, num_states=4, steps=32),
-    "depo (paper)": lambda: DepoTask(
-        min_nodes=10,
-        max_nodes=75,
-        tokens_per_node=2,
-        node_vocab=50,
-        edge_separator=False,
-        context_tokens=300,
-        num_queries=10,
-        query_tokens=60,
-        hops=[1, 16],
-        window=75,
-    ),
-    "gsm_inf (paper, modular)": lambda: GSMInfTask(
-        ops=[1, 8], context_tokens=[2000, 3300], window=2000, modular=True
-    ),
-    "gsm_inf (paper)": lambda: GSMInfTask(
-        ops=[1, 8], context_tokens=[2000, 3300], window=2000, modular=False
-    ),
+from lmsleep.utils.config import config_dir
+
+# The tasks exactly as the paper-size experiments configure them (one source for their settings).
+EXPERIMENTS = {
+    "rule110 (paper)": ["experiment=rule110_sleep_paper"],
+    "depo (paper)": ["experiment=depo_sleep_paper"],
+    "gsm_inf (paper, modular)": ["experiment=gsm_inf_sleep_paper", "data.task.modular=true"],
+    "gsm_inf (paper)": ["experiment=gsm_inf_sleep_paper", "data.task.modular=false"],
 }
+
+
+def paper_task(overrides: list[str]):
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        return instantiate(compose("fit", overrides=overrides).data.task)
 
 
 def main() -> None:
@@ -48,8 +40,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="samples per task and split")
     args = parser.parse_args()
     print(f"{'task':<26} {'train ms/sample':>16} {'test ms/sample':>15}")
-    for name, make in TASKS.items():
-        task = make()
+    for name, overrides in EXPERIMENTS.items():
+        task = paper_task(overrides)
         row = []
         for split in ("train", "test"):
             task.sample(split, 0)  # warm-up (caches, first-call costs)
