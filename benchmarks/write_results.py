@@ -41,7 +41,8 @@ def train_step_section(data: dict, title: str) -> list[str]:
         + " ".join(map(str, args["passes"]))
         + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
         + (f" --precision {args['precision']}" if args["precision"] != "32-true" else "")
-        + (f" --against {against} --losses {args['losses']}" if against else "")
+        + (f" --against {against}" if against else "")
+        + (f" --losses {args['losses']}" if against and args["losses"] else "")
     )
     lines = [f"### {title}", "", f"`{cmd}`", ""]
     lines += [
