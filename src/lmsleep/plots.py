@@ -69,7 +69,10 @@ def depth_bar_figure(metrics: dict[str, float], depth_name: str, metric: str = "
     points = sorted((int(k.split("=")[-1]), float(v)) for k, v in metrics.items() if k.startswith(prefix))
     fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * len(points) + 1.5), 2.6))
     if points:
-        ax.bar([str(d) for d, _ in points], [v for _, v in points], color="tab:blue")
+        # bars at positions 0..n-1 labelled with the depths (string categories made matplotlib log a line
+        # per figure at INFO)
+        ax.bar(range(len(points)), [v for _, v in points], color="tab:blue")
+        ax.set_xticks(range(len(points)), [str(d) for d, _ in points])
     if metric in metrics:
         ax.axhline(float(metrics[metric]), ls="--", color="gray", lw=1, label="all")
         ax.legend(fontsize=7)
