@@ -93,16 +93,30 @@ def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
 # --- step 2: raw files -> tables and plots ------------------------------------------------------------------
 def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
     """Runs grouped by label: ``{label: [{"seed", "meta", "series": {tag: [(step, tokens, value)]}}]}``."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    runs = []
     for meta_file in sorted(raw.glob("*.json")):
         meta = json.loads(meta_file.read_text())
         series: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
         with open(meta_file.with_suffix(".csv"), newline="") as f:
             for row in csv.DictReader(f):
                 series[row["tag"]].append((int(row["step"]), int(row["tokens"]), float(row["value"])))
-        groups[meta["label"]].append({"seed": meta["seed"], "meta": meta, "series": dict(series)})
-    if not groups:
+        runs.append({"seed": meta["seed"], "meta": meta, "series": dict(series), "base": meta["label"]})
+    if not runs:
         raise ConfigError(f"{raw} holds no raw run files (<run>.json and <run>.csv)")
+    # Runs with one label that differ in a data setting (a depth sweep) are separate configurations: the
+    # settings that vary among them join the label.
+    by_base: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        by_base[run["base"]].append(run)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for base, members in by_base.items():
+        data = [m["meta"]["settings"]["data"] for m in members]
+        varying = sorted(
+            k for k in data[0] if any(json.dumps(d.get(k)) != json.dumps(data[0][k]) for d in data)
+        )
+        for run, d in zip(members, data, strict=True):
+            suffix = ", ".join(f"{k}={d[k]}" for k in varying)
+            groups[f"{base} {suffix}" if suffix else base].append(run)
     return dict(sorted(groups.items()))
 
 
@@ -174,14 +188,16 @@ def depth_figure(groups: dict[str, list[dict[str, Any]]], path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     axis_name = None
-    for label, runs in groups.items():
-        by_depth: dict[int, list[float]] = defaultdict(list)
+    # one line per base configuration: a depth sweep's runs (one depth each) join into one curve
+    by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for runs in groups.values():
         for r in runs:
             for tag, s in r["series"].items():
                 match = DEPTH_TAG.match(tag)
                 if match:
                     axis_name = match.group(1)
-                    by_depth[int(match.group(2))].append(s[-1][2])
+                    by_base[r["base"]][int(match.group(2))].append(s[-1][2])
+    for label, by_depth in sorted(by_base.items()):
         if by_depth:
             xs = sorted(by_depth)
             ax.plot(xs, [statistics.fmean(by_depth[x]) for x in xs], "o-", label=label)
