@@ -28,7 +28,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_over_loopback_train_disjoint_data_to_identical_weights(tmp_path):
+def test_two_nodes_over_loopback_train_disjoint_data_to_identical_weights(tmp_path, tiny):
     dump, port = tmp_path / "dump", free_port()
     args = [
         "fit",
@@ -40,12 +40,8 @@ def test_two_nodes_over_loopback_train_disjoint_data_to_identical_weights(tmp_pa
         "trainer.max_epochs=5",
         "++trainer.limit_val_batches=0",
         "trainer.num_sanity_val_steps=0",
-        "data.batch_size=4",
+        *tiny,  # batches of 4, small splits, a d = 16 model
         "data.train_size=32",
-        "data.val_size=8",
-        "data.test_size=8",
-        "model.net.dim=16",
-        "model.net.heads=2",
         "callbacks=none",
         "+callbacks.dump._target_=tests.models._helpers.DumpParams",
         f"+callbacks.dump.dirpath={dump}",
