@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -49,17 +50,27 @@ def test_report_writes_raw_metrics_tables_and_plots(two_runs, tmp_path, capsys):
         assert test_acc and test_acc[-1] == pytest.approx(metrics["test/acc"], rel=1e-6)
         assert all(int(r["tokens"]) == int(r["step"]) * meta["settings"]["tokens_per_step"] for r in rows)
     summary = (out / "summary.md").read_text()
-    row = next(line for line in summary.splitlines() if "| test/acc |" in line)
+    row = next(line for line in summary.splitlines() if "| test/acc |" in line and line.startswith("| tiny"))
     finals = [m["test/acc"] for _, m in two_runs]
     mean = sum(finals) / 2
     assert row.startswith("| tiny transformer (no eviction) | 2 |")
     assert f"{mean:.3f} [{min(finals):.3f}, {max(finals):.3f}]" in row
-    for png in ("curves.png", "depth.png"):
+    # the headline table: one row per configuration, its final test metrics in the header's order
+    header = next(
+        line for line in summary.splitlines() if line.startswith("| configuration | seeds | tokens | test/")
+    )
+    headline = next(
+        line for line in summary.splitlines() if line.startswith("| tiny transformer") and "M |" in line
+    )
+    cells = dict(zip(header.strip("|").split(" | "), headline.strip("|").split(" | "), strict=True))
+    exact = [m["test/acc_exact"] for _, m in two_runs]
+    assert cells["test/acc_exact"].strip() == f"{sum(exact) / 2:.3f} [{min(exact):.3f}, {max(exact):.3f}]"
+    for png in ("curves.png", "final.png", "depth.png"):
         assert (out / png).stat().st_size > 1000
     # the committed raw files alone reproduce the same tables and plots, byte for byte
     again = tmp_path / "again"
     report([str(out / "raw")], str(again))
-    for name in ("summary.md", "curves.png", "depth.png"):
+    for name in ("summary.md", "curves.png", "final.png", "depth.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
@@ -71,3 +82,31 @@ def test_report_errors_name_the_problem(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="has no config.yaml"):
         report([str(tmp_path / "empty")], str(tmp_path / "out"))
+
+
+def test_results_notebook_draws_a_study_from_its_raw_files(two_runs, tmp_path, monkeypatch, capsys):
+    """notebooks/results.ipynb on a tiny study: the headline table and one PNG per figure, from raw/ alone."""
+    studies = tmp_path / "results"
+    report([str(d) for d, _ in two_runs], str(studies / "tiny_study"))
+    monkeypatch.setenv("LMSLEEP_RESULTS", str(studies))
+    monkeypatch.setenv("LMSLEEP_NOTEBOOK_FIGURES", str(tmp_path / "figures"))
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "results.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    namespace = {"__name__": "__notebook__"}
+    exec(
+        compile("\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"), "nb", "exec"),
+        namespace,
+    )
+    out = capsys.readouterr().out
+    assert "1 studies" in out and "### tiny_study" in out
+    exact = [m["test/acc_exact"] for _, m in two_runs]
+    assert f"{sum(exact) / 2:.3f} [{min(exact):.3f}, {max(exact):.3f}]" in out
+    names = sorted(p.name for p in namespace["figures_written"])
+    assert names == ["tiny_study_curves.png", "tiny_study_depth.png", "tiny_study_final.png"]
+    for name in names:
+        drawn = (tmp_path / "figures" / name).read_bytes()
+        assert drawn[:8] == b"\x89PNG\r\n\x1a\n" and len(drawn) > 1000
+    # the notebook draws what lmsleep report drew
+    assert (tmp_path / "figures" / "tiny_study_final.png").read_bytes() == (
+        studies / "tiny_study" / "final.png"
+    ).read_bytes()

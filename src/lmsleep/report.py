@@ -9,7 +9,11 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
   of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained;
 - ``<out>/curves.png``: validation exact and per-answer accuracy against training tokens, one line per
   configuration (the mean over seeds, shaded between the seeds' min and max);
+- ``<out>/final.png``: final test exact accuracy per configuration (mean over seeds, each seed a dot);
 - ``<out>/depth.png``: test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration.
+
+The figure functions return matplotlib figures (``notebooks/results.ipynb`` draws them from ``raw/``);
+:func:`build` saves them.
 
 Tokens are ``step x batch_size x (the task's max_length)`` summed over devices, i.e. the tokens the model
 was trained on including padding.
@@ -124,8 +128,28 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
+def headline_table(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """One row per configuration: the final test metrics, mean [min, max] over seeds."""
+    metrics = [m for m in FINAL_METRICS if m.startswith("test/")]
+    lines = [
+        "| configuration | seeds | tokens | " + " | ".join(metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
+    for label, runs in groups.items():
+        tokens = max(max((t for _, t, _ in s), default=0) for r in runs for s in r["series"].values())
+        cells = []
+        for metric in metrics:
+            final = [r["series"][metric][-1][2] for r in runs if metric in r["series"]]
+            cells.append(_stats(final) if final else "")
+        lines.append(f"| {label} | {len(runs)} | {tokens / 1e6:.1f}M | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_table(groups: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
+        "Final test metrics per configuration: mean [min, max] over seeds.",
+        "",
+        headline_table(groups),
         "Final and best value of each metric: mean [min, max] over seeds.",
         "",
         "| configuration | seeds | tokens | metric | final | best |",
@@ -155,7 +179,8 @@ def _pyplot():
     return plt
 
 
-def curves_figure(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def curves_figure(groups: dict[str, list[dict[str, Any]]]):
+    """Validation exact and per-answer accuracy against training tokens, one line per configuration."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("val/acc_exact", "val/acc"), strict=True):
@@ -180,11 +205,37 @@ def curves_figure(groups: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def depth_figure(groups: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+def final_figure(groups: dict[str, list[dict[str, Any]]], metric: str = "test/acc_exact"):
+    """``metric`` at the end of each configuration's runs: a bar at the seeds' mean, a dot per seed.
+
+    Returns None when no run logged ``metric``.
+    """
+    rows = [
+        (label, [r["series"][metric][-1][2] for r in runs if metric in r["series"]])
+        for label, runs in groups.items()
+    ]
+    rows = [(label, values) for label, values in rows if values]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    positions = list(range(len(rows)))
+    ax.barh(positions, [statistics.fmean(v) for _, v in rows], color="#9ecae1")
+    for y, (_, values) in zip(positions, rows, strict=True):
+        ax.plot(values, [y] * len(values), "o", color="#08519c", markersize=4)
+    ax.set_yticks(positions, [label for label, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"final {metric} (bar: mean over seeds; dots: seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def depth_figure(groups: dict[str, list[dict[str, Any]]]):
+    """Test exact accuracy against depth per base configuration; None when no run logged it by depth."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     axis_name = None
@@ -203,14 +254,12 @@ def depth_figure(groups: dict[str, list[dict[str, Any]]], path: Path) -> bool:
             ax.plot(xs, [statistics.fmean(by_depth[x]) for x in xs], "o-", label=label)
     if axis_name is None:
         plt.close(fig)
-        return False
+        return None
     ax.set(xlabel=f"depth {axis_name}", ylabel="test exact accuracy", title="test exact accuracy by depth")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return fig
 
 
 def build(raw: Path, out: Path) -> list[Path]:
@@ -218,10 +267,14 @@ def build(raw: Path, out: Path) -> list[Path]:
     groups = load_raw(raw)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary_table(groups))
-    curves_figure(groups, out / "curves.png")
-    written = [out / "summary.md", out / "curves.png"]
-    if depth_figure(groups, out / "depth.png"):
-        written.append(out / "depth.png")
+    written = [out / "summary.md"]
+    plt = _pyplot()
+    figures = {"curves": curves_figure(groups), "final": final_figure(groups), "depth": depth_figure(groups)}
+    for name, fig in figures.items():
+        if fig is not None:
+            fig.savefig(out / f"{name}.png", dpi=110)
+            plt.close(fig)
+            written.append(out / f"{name}.png")
     return written
 
 
