@@ -9,7 +9,7 @@ Backends: ``reference`` (``F.conv1d`` on the concatenated sequence: the plain de
 (the default): W shifted multiply-adds with a hand-written backward. For the width-4 kernels of these
 models the reference's CPU backward took ~12 % of a training step; autograd through plain shifted slices
 allocates a zero-filled full-size gradient per tap. The hand-written backward accumulates all taps into one
-buffer and reduces the kernel gradient in one product.
+buffer and reduces the kernel gradient tap by tap.
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ class _ShiftedConv(torch.autograd.Function):
                 g_seq[:, j : j + T].addcmul_(gy, w[:, j])
         g_w = None
         if ctx.needs_input_grad[1]:
-            # All taps at once: windows [B, T, C, W] as a view of seq, reduced over batch and time.
-            windows = seq.unfold(1, W, 1)
-            g_w = torch.einsum("btc,btcw->cw", gy, windows).to(weight.dtype)
+            # One product and one reduction per tap: ~5x faster on CPU than an einsum over the unfolded
+            # [B, T, C, W] view, which becomes C tiny matrix products.
+            g_w = torch.stack([(gy * seq[:, j : j + T]).sum((0, 1)) for j in range(W)], 1).to(weight.dtype)
         g_b = gy.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return g_seq, g_w, g_b
 
