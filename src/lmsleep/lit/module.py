@@ -119,7 +119,7 @@ class LitLM(L.LightningModule, SleepHooks):
             rank_zero_warn(
                 f"model.sleep.window={cfg.window} >= the sequence length {length}: every sequence is one "
                 f"window, so nothing is evicted and sleep (passes={cfg.passes}) never runs; set "
-                f"model.sleep.window below {length} (e.g. to the task's window, data.task.window)"
+                f"model.sleep.window below {length} (e.g. to the data's window, data.window)"
             )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

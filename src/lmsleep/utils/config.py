@@ -244,12 +244,23 @@ def check_writable_dir(path: str | Path, what: str) -> None:
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
-    """The DataModule, then the LightningModule with the data's vocabulary size and depth axis filled in."""
+    """The DataModule, then the LightningModule with the data's vocabulary size and depth axis (tasks) or
+    language-model metrics (text) filled in."""
+    sleep = OmegaConf.to_container(cfg.model.get("sleep") or {}, resolve=False)
+    if "window" not in cfg.data and "${data.window}" in str(sleep.get("window")):
+        raise ConfigError(
+            "the data config has no `window`, which model.sleep.window follows: every data config defines "
+            "data.window (a task's: `window: ${.task.window}`); add it, or set model.sleep.window"
+        )
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule = build(cfg.data, "data")
     with open_dict(cfg):
         cfg.model.net.vocab_size = datamodule.vocab_size
-        cfg.model.depth_name = datamodule.task.depth_name
+        task = getattr(datamodule, "task", None)
+        if task is not None:
+            cfg.model.depth_name = task.depth_name
+        else:  # text: loss and bits per byte by window instead of answer accuracy by depth
+            cfg.model.metrics = datamodule.metrics
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model = build(cfg.model, "model")
     return datamodule, model
