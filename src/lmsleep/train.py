@@ -19,6 +19,7 @@ from lmsleep.utils.config import (
     build,
     build_data_and_model,
     check_checkpoint,
+    check_fits_data,
     check_fits_model,
     check_trainer,
     flat_hparams,
@@ -110,6 +111,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
         _keep_earlier_csv_logs(cfg, int(resume.get("global_step", 0)))
     datamodule, model, trainer, loggers = build_run(cfg)
     check_fits_model(resume, model, cfg.get("ckpt_path"))
+    check_fits_data(resume, datamodule, cfg.get("ckpt_path"))
     del resume
     model.run_config = {
         "overrides": list(overrides or []),

@@ -188,6 +188,18 @@ def check_fits_model(ckpt: dict[str, Any] | None, model: torch.nn.Module, path: 
         )
 
 
+def check_fits_data(ckpt: dict[str, Any] | None, datamodule: Any, path: str) -> None:
+    """Check that a checkpoint's saved data state (a text run's tokenizer) is the configured data's, before any
+    work starts (Lightning restores it later, inside the fit or test)."""
+    saved = (ckpt or {}).get(type(datamodule).__qualname__)
+    if saved is None:  # task data saves no state
+        return
+    try:
+        datamodule.load_state_dict(saved)
+    except ValueError as exc:
+        raise ConfigError(f"ckpt_path={path} does not fit the configured data: {exc}") from exc
+
+
 # Trainer settings that Lightning compares with numbers: a string there fails deep inside Lightning with a
 # message that does not name the key.
 TRAINER_INTS = (
