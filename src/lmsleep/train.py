@@ -28,7 +28,10 @@ from lmsleep.utils.config import (
 
 log = logging.getLogger("lmsleep")
 
-HPARAM_METRICS = ("val/loss", "val/acc", "val/acc_exact", "test/loss", "test/acc", "test/acc_exact")
+# the final metrics beside the config in TensorBoard's HPARAMS tab (answer accuracy of tasks, bits per byte of text)
+HPARAM_METRICS = tuple(
+    f"{split}/{m}" for split in ("val", "test") for m in ("loss", "acc", "acc_exact", "bpb")
+)
 
 
 def as_floats(metrics: dict[str, Any]) -> dict[str, float]:
