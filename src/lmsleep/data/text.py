@@ -201,7 +201,7 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"data.format={format!r} is not one of {list(FORMATS)}")
         self.seq_len, self.window, self.pack = int(seq_len), int(window), bool(pack)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.seed, self.fresh_train_samples = int(seed), bool(fresh_train_samples)
+        self.seed, self.fresh_train_samples, self.format = int(seed), bool(fresh_train_samples), format
         self.tokenizer = load_tokenizer(tokenizer, eod_token)
         files = find_files(list(paths), glob, list(exclude))
         documents = [d for d in read_documents(files, format) if d.text or d.prompt]
@@ -246,9 +246,12 @@ class TextDataModule(L.LightningDataModule):
             )
 
     def _log_split(self, paths: Sequence[str], glob: str, files: int, documents: int) -> None:
+        empty = (
+            f", {files - documents} empty ones skipped" if files > documents and self.format == "text" else ""
+        )
         log.info(
-            f"Text data: {documents} documents from {files} files ({', '.join(map(str, paths))}; glob {glob}); "
-            f"tokenizer: {self.tokenizer.describe()}; {'packed' if self.pack else 'cut'} into sequences of "
+            f"Text data: {documents} documents from {files} files{empty} ({', '.join(map(str, paths))}; "
+            f"glob {glob}); tokenizer: {self.tokenizer.describe()}; {'packed' if self.pack else 'cut'} into sequences of "
             f"{self.seq_len} tokens; split by a hash of each document's content:"
         )
         for split in SPLITS:
