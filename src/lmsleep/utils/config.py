@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import re
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ USER_CONFIG_ENV = "LMSLEEP_CONFIG_DIR"
 # ``${lmsleep.pid:}`` in configs/hydra: run folders are ``<time>_<pid>``, unique even for runs started in the
 # same second. (DDP ranks launched by Lightning are handed rank 0's folder, so the pid is rank 0's.)
 OmegaConf.register_new_resolver("lmsleep.pid", lambda: str(os.getpid()), replace=True)
+# ``${lmsleep.stdlib:}``: the folder of the running Python's standard library, a corpus every machine has
+# (configs/experiment/text_stdlib_*.yaml).
+OmegaConf.register_new_resolver("lmsleep.stdlib", lambda: sysconfig.get_paths()["stdlib"], replace=True)
 
 
 class ConfigError(ValueError):
