@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -287,6 +288,21 @@ def test_training_order_passes_over_every_sequence_once_and_repeats_per_seed(cor
     other = TextDataModule(paths=[str(root)], seq_len=8, train_size=7, seed=4, **SHARES)
     assert torch.equal(same.train_order(2), dm.train_order(2))
     assert not torch.equal(other.train_order(0), dm.train_order(0))
+
+
+def test_training_loader_resumes_mid_epoch(corpus):
+    """A run resumed from a checkpoint after k batches sees the batches the uninterrupted run saw next."""
+    root, _ = corpus
+    dm = TextDataModule(paths=[str(root)], seq_len=8, batch_size=3, train_size=12, **SHARES)
+    dm.trainer = SimpleNamespace(current_epoch=2)
+    whole = list(dm.train_dataloader())
+    loader = dm.train_dataloader()
+    loader.load_state_dict({"batches": 2})
+    resumed = list(loader)
+    assert len(whole) == 4 and len(resumed) == 2
+    for a, b in zip(whole[2:], resumed, strict=True):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    assert loader.state_dict() == {"batches": 4}
 
 
 def test_tokenizer_must_match_the_checkpoint(corpus, tmp_path):
