@@ -96,7 +96,7 @@ def find_files(paths: Sequence[str], glob: str = "**/*", exclude: Sequence[str] 
         paths = [paths]
     if not paths:
         raise ValueError(
-            "data.paths is empty; name your files or folders, e.g. data.paths=[~/corpus] "
+            "data.paths is empty; name your files or folders, e.g. data.paths=[/path/to/corpus] "
             "(folders are searched recursively with data.glob)"
         )
     found: list[Path] = []
