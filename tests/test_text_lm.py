@@ -169,8 +169,11 @@ def test_cli_generate_equals_the_models_streaming_output(text_run, cli, tmp_path
     stream = Stream(model.net, model.sleep)
     new = stream.generate(ids, 40, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(7))
     assert result.stdout == tok.decode([*prompt.encode(), *new[0].tolist()]) + "\n"
-    stats = re.search(r"40 new tokens after a prompt of 21; KV held (\d+) tokens at the end, at most (\d+) "
-                      r"\(window L = 8, hard eviction, N = 2\); median ([\d.]+) ms per new token", result.stderr)  # fmt: skip
+    stats = re.search(
+        r"40 new tokens after a prompt of 21; KV held (\d+) tokens at the end, at most (\d+) "
+        r"\(window L = 8, hard eviction, N = 2\); median ([\d.]+) ms per new token",
+        result.stderr,
+    )
     assert stats, result.stderr
     assert int(stats.group(1)) == stream.kv_length == (21 + 40) % 8 and int(stats.group(2)) <= 8
     assert not list(tmp_path.iterdir())  # generating writes no run folder

@@ -92,7 +92,7 @@ def generate(cfg: DictConfig, out: TextIO | None = None, err: TextIO | None = No
     start = time.perf_counter()
     for token in stream.decode(ids.long()[None], int(cfg.max_new_tokens), temperature, top_k, generator):
         now = time.perf_counter()
-        times.append(now - start)  # the first: the prompt; then feeding one token (and sleeping) and picking
+        times.append(now - start)
         start, max_kv = now, max(max_kv, stream.kv_length)
         if cfg.get("stop_at_eod", True) and int(token) == tokenizer.eod_id:
             break
@@ -101,15 +101,18 @@ def generate(cfg: DictConfig, out: TextIO | None = None, err: TextIO | None = No
     text = tokenizer.decode(shown + new)
     out.write(text + "\n")
     out.flush()
+    # times[0]: the prompt (and the first pick); then per new token: feeding the previous one (sleeping when it
+    # completes a window) and picking the next
     per_token = 1000 * statistics.median(times[1:]) if len(times) > 1 else float("nan")
+    slowest = 1000 * max(times[1:], default=float("nan"))
     sleep = model.sleep
-    window = (
+    kv = (
         "no eviction" if sleep.eviction == "none" else f"window L = {sleep.window}, {sleep.eviction} eviction"
     )
     err.write(
         f"lmsleep: {len(new)} new tokens after a prompt of {len(ids)}; KV held {stream.kv_length} tokens at the "
-        f"end, at most {max_kv} ({window}, N = {sleep.passes}); median {per_token:.2f} ms per new token "
-        f"(max {1000 * max(times[1:], default=float('nan')):.2f} ms), prompt {1000 * times[0] if times else 0:.1f} ms\n"
+        f"end, at most {max_kv} ({kv}, N = {sleep.passes}); median {per_token:.2f} ms per new token "
+        f"(max {slowest:.2f} ms), prompt {1000 * times[0] if times else 0.0:.1f} ms\n"
     )
     return {
         "text": text,

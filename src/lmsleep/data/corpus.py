@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
@@ -34,7 +34,7 @@ class Document:
     text: bytes | str
     prompt: bytes | str = b""
 
-    @property
+    @cached_property  # (written to the instance's __dict__, which a frozen dataclass allows)
     def key(self) -> int:
         """A stable 64-bit hash of the content that decides the split (the prompt's, if there is one)."""
         content = self.prompt or self.text

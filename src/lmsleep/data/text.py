@@ -206,9 +206,8 @@ class TextDataModule(L.LightningDataModule):
         files = find_files(list(paths), glob, list(exclude))
         documents = [d for d in read_documents(files, format) if d.text or d.prompt]
         by_split: dict[str, list[Document]] = {s: [] for s in SPLITS}
-        for doc in sorted(
-            documents, key=lambda d: (d.key, d.source)
-        ):  # a fixed order, whatever the file system's
+        order = sorted(documents, key=lambda d: (d.key, d.source))  # fixed, whatever the file system's order
+        for doc in order:
             by_split[split_of(doc.key, val_fraction, test_fraction)].append(doc)
         self.streams = {s: build_stream(by_split[s], self.tokenizer, self.seq_len, self.pack) for s in SPLITS}
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
@@ -251,8 +250,8 @@ class TextDataModule(L.LightningDataModule):
         )
         log.info(
             f"Text data: {documents} documents from {files} files{empty} ({', '.join(map(str, paths))}; "
-            f"glob {glob}); tokenizer: {self.tokenizer.describe()}; {'packed' if self.pack else 'cut'} into sequences of "
-            f"{self.seq_len} tokens; split by a hash of each document's content:"
+            f"glob {glob}); tokenizer: {self.tokenizer.describe()}; {'packed' if self.pack else 'cut'} into "
+            f"sequences of {self.seq_len} tokens; split by a hash of each document's content:"
         )
         for split in SPLITS:
             s = self.streams[split]

@@ -111,7 +111,7 @@ class Stream:
         generator: torch.Generator | None = None,
     ) -> Iterator[torch.Tensor]:
         """:meth:`generate` one new token ``[B]`` at a time: each is fed back before the next is picked, so
-        the caller may time every step or stop early (the last token yielded is then not fed)."""
+        the caller may time every step or stop early (then the last token it received has not been fed)."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if torch.as_tensor(prompt).shape[-1] == 0:
