@@ -107,6 +107,29 @@ def test_fit_text_fast_dev_run(compose_fit, tiny, tmp_path, one_thread, caplog):
     assert 7.0 < metrics["test/bpb"] < 9.0  # about log2(258) bits for an untrained model
 
 
+def test_fit_text_with_a_tokenizer_file(compose_fit, tiny, tmp_path, one_thread):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    root = write_corpus(tmp_path / "corpus")
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=320, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator([p.read_text() for p in sorted(root.iterdir())], trainer)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    cfg = compose_fit(
+        *TEXT, f"data.paths=[{root}]", f"data.tokenizer={tmp_path / 'tokenizer.json'}", "debug=fdr", *tiny
+    )
+    metrics, objects = train(cfg)
+    assert objects["model"].net.embed.num_embeddings == tok.get_vocab_size() + 2  # + <eod> + <pad>
+    for split in ("val", "test"):  # tokens stand for several bytes: fewer bits per byte than per token
+        assert metrics[f"{split}/bpt"] == pytest.approx(metrics[f"{split}/loss"] / LN2, rel=1e-5)
+        assert metrics[f"{split}/bpb"] < metrics[f"{split}/bpt"] / 1.5
+        assert f"{split}/bpt@window=3" in metrics
+
+
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory, compose, tiny, one_thread):
     """A two-step hybrid N = 2 fit on a small corpus, with checkpoints and TensorBoard."""
