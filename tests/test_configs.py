@@ -1,6 +1,8 @@
 """Every config composes, and every data, model, logger, callbacks and experiment config runs fast_dev_run.
 
-Config options are discovered on disk, so a config added later is covered without editing this file.
+Config options are discovered on disk, so a config added later is covered without editing this file. Data
+without a task (``data=text``) reads a small corpus written to the test's folder and logs language-model
+metrics instead of answer accuracy.
 """
 
 from __future__ import annotations
@@ -24,15 +26,36 @@ def options(group: str) -> list[str]:
 
 
 def shrink(cfg) -> None:
-    """Clamp the sizes of a composed config that every TaskDataModule config has (paper-size experiments)."""
+    """Clamp the sizes of a composed config that every data config has (paper-size experiments; a text
+    split's size may be null, all of it)."""
     with open_dict(cfg):
         cfg.data.batch_size = min(int(cfg.data.batch_size), 2)
-        cfg.data.val_size = min(int(cfg.data.val_size), 4)
-        cfg.data.test_size = min(int(cfg.data.test_size), 4)
+        cfg.data.val_size = min(int(cfg.data.val_size or 4), 4)
+        cfg.data.test_size = min(int(cfg.data.test_size or 4), 4)
         cfg.data.num_workers = 0
 
 
-def check_metrics(metrics: dict[str, float], depth_name: str) -> None:
+def is_text(target: str) -> bool:
+    return target.endswith("TextDataModule")
+
+
+def text_corpus(root: Path) -> list[str]:
+    """Overrides that point data=text at a few dozen small files written under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(40):
+        (root / f"doc{i}.txt").write_text(f"document {i}: " + "abc " * (10 + i))
+    return [f"data.paths=[{root}]", "data.seq_len=32", "data.val_fraction=0.2", "data.test_fraction=0.2"]
+
+
+def check_metrics(metrics: dict[str, float], datamodule) -> None:
+    assert math.isfinite(metrics["train/loss"])
+    task = getattr(datamodule, "task", None)
+    if task is None:  # text: loss and bits per byte, overall and by window
+        for split in ("val", "test"):
+            assert math.isfinite(metrics[f"{split}/bpb"]) and metrics[f"{split}/bpb"] > 0
+            assert math.isfinite(metrics[f"{split}/loss"]) and f"{split}/bpb@window=0" in metrics
+        return
+    depth_name = task.depth_name
     for split in ("val", "test"):
         assert 0.0 <= metrics[f"{split}/acc"] <= 1.0
         assert 0.0 <= metrics[f"{split}/acc_exact"] <= 1.0
@@ -49,14 +72,15 @@ def run_fdr(cfg) -> tuple[dict[str, float], dict]:
     assert trainer.global_step == 1, "fast_dev_run trains exactly one batch"
     assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt")), "debug=fdr writes no checkpoint"
     saved = OmegaConf.load(Path(cfg.paths.output_dir) / "config.yaml")
-    assert saved.data.task._target_ == cfg.data.task._target_
-    check_metrics(metrics, objects["datamodule"].task.depth_name)
+    assert saved.data._target_ == cfg.data._target_
+    assert OmegaConf.select(saved, "data.task._target_") == OmegaConf.select(cfg, "data.task._target_")
+    check_metrics(metrics, objects["datamodule"])
     return metrics, objects
 
 
 def test_groups_are_discovered():
     assert "rule110_transformer" in options("experiment")
-    assert {"rule110", "depo", "gsm_inf"} <= set(options("data"))
+    assert {"rule110", "depo", "gsm_inf", "text"} <= set(options("data"))
     assert "transformer" in options("model")
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert {"tensorboard", "csv", "many"} <= set(options("logger"))
@@ -89,10 +113,14 @@ def test_other_entry_configs_compose(compose, name):
 def test_experiment_composes_and_builds(compose, name, one_thread):
     """Every experiment (paper sizes too) composes and its data module and model can be built."""
     cfg = compose([f"experiment={name}"])
-    assert cfg.data.task._target_.startswith("lmsleep.")
+    assert cfg.data._target_.startswith("lmsleep.")
     datamodule, model = build_data_and_model(cfg)
-    sample = datamodule.task.sample("train", 0)
-    assert len(sample["input_ids"]) <= datamodule.task.max_length
+    if is_text(cfg.data._target_):
+        sample = datamodule.streams["train"].sample(0)
+        assert sample["input_ids"].shape == (cfg.data.seq_len,)
+    else:
+        sample = datamodule.task.sample("train", 0)
+        assert len(sample["input_ids"]) <= datamodule.task.max_length
     assert model.net.embed.num_embeddings == datamodule.vocab_size
 
 
@@ -107,13 +135,13 @@ def test_experiment_runs_fast_dev_run(compose_fit, name, one_thread):
 
 
 @pytest.mark.parametrize("name", options("data"))
-def test_data_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread):
-    metrics, objects = run_fdr(compose_fit(f"data={name}", "debug=fdr", *tiny))
-    task = objects["datamodule"].task
-    assert (
-        type(task).__name__ == OmegaConf.load(CONFIGS / "data" / f"{name}.yaml").task._target_.rsplit(".")[-1]
-    )
-    assert objects["model"].net.embed.num_embeddings == task.vocab_size
+def test_data_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread, tmp_path):
+    config = OmegaConf.load(CONFIGS / "data" / f"{name}.yaml")
+    extra = text_corpus(tmp_path / "corpus") if is_text(config._target_) else []
+    metrics, objects = run_fdr(compose_fit(f"data={name}", "debug=fdr", *tiny, *extra))
+    made = getattr(objects["datamodule"], "task", objects["datamodule"])  # the task, or the text DataModule
+    assert type(made).__name__ == (config.get("task") or config)._target_.rsplit(".")[-1]
+    assert objects["model"].net.embed.num_embeddings == objects["datamodule"].vocab_size
 
 
 @pytest.mark.parametrize("name", options("model"))

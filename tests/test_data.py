@@ -10,14 +10,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from lmsleep.data import Rule110Task, TaskDataModule, TaskDataset, Vocab, collate
 from lmsleep.data.task import IGNORE_INDEX, parse_range
+from lmsleep.utils.config import ConfigError, build_data_and_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DATA_CONFIGS = sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml"))
+# the configs of task data (data=text has no task: tests/data/test_text.py)
+DATA_CONFIGS = sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml") if "task" in OmegaConf.load(p))
 
 
 def task_from_config(name: str, seed: int = 0):
@@ -140,6 +142,21 @@ def test_datamodule_loaders():
     assert batches[0]["input_ids"].shape[1] == task.max_length
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         TaskDataModule(task, batch_size=0)
+
+
+def test_data_window_is_the_tasks(compose):
+    task = Rule110Task(width=6, num_states=2)
+    assert TaskDataModule(task, window=6).window == TaskDataModule(task).window == 6
+    with pytest.raises(ValueError, match=r"data.window=4 differs from the task's window data.task.window=6"):
+        TaskDataModule(task, window=4)
+    cfg = compose(["data.task.window=5"])  # the model's window follows the task's through data.window
+    assert cfg.data.window == cfg.model.sleep.window == 5
+    with open_dict(cfg):  # a user's data config written before data.window existed
+        del cfg.data["window"]
+    with pytest.raises(
+        ConfigError, match=r"the data config has no `window`, which model.sleep.window follows"
+    ):
+        build_data_and_model(cfg)
 
 
 # --- collate ----------------------------------------------------------------------------------------------

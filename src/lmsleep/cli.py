@@ -1,4 +1,5 @@
-"""The ``lmsleep`` command: ``fit``, ``test`` and ``export-data``, thin Hydra wrappers around plain functions."""
+"""The ``lmsleep`` command: ``fit``, ``test``, ``generate``, ``export-data`` and ``report``, thin Hydra wrappers
+around plain functions."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ USAGE = """usage: lmsleep COMMAND [hydra overrides]
 commands:
   fit           train, then test the best checkpoint     lmsleep fit experiment=rule110_transformer
   test          evaluate a checkpoint on the test split  lmsleep test ckpt_path=logs/fit/runs/<run>/checkpoints/last.ckpt
+  generate      continue a prompt with a text checkpoint lmsleep generate ckpt_path=PATH prompt='def main():' max_new_tokens=200
   export-data   write task samples as JSON lines         lmsleep export-data data=rule110 split=test n=100 out=FILE.jsonl
   report        tables and plots of runs (mean over seeds) lmsleep report logs/rule110_sleep/runs/* out=results/
 
@@ -36,7 +38,7 @@ experiment/my_run.yaml) go in a folder named by LMSLEEP_CONFIG_DIR (or hydra.sea
 `LMSLEEP_CONFIG_DIR=~/my_configs lmsleep fit experiment=my_run`.
 """
 
-COMMANDS = ("fit", "test", "export-data", "export_data", "export", "report")
+COMMANDS = ("fit", "test", "generate", "export-data", "export_data", "export", "report")
 # Lightning's DDP launcher starts ranks > 0 as `python <sys.argv[0]> <sys.argv[1:]>` (or `python -m <main module>
 # ...`), and Hydra's overrides must be all of sys.argv[1:]; the command reaches those processes through this variable.
 COMMAND_ENV = "LMSLEEP_COMMAND"
@@ -111,6 +113,31 @@ def _export(cfg: DictConfig) -> None:
         )
 
 
+def _generating(prompt: str | None):
+    """The Hydra task of ``lmsleep generate``, with the prompt taken verbatim from the command line."""
+
+    @_reporting_config_errors
+    def _generate(cfg: DictConfig) -> None:
+        from omegaconf import open_dict
+
+        from lmsleep.generate import generate
+
+        if prompt is not None:
+            with open_dict(cfg):
+                cfg.prompt = prompt
+        generate(cfg)
+
+    return _generate
+
+
+def _take_prompt(args: list[str]) -> tuple[list[str], str | None]:
+    """``prompt=TEXT`` is not a Hydra override: code and prose hold characters Hydra's grammar reserves
+    (``()``, ``:``, quotes, ``,``), so the text after ``prompt=`` is taken verbatim (the last one wins)."""
+    prompts = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("prompt=")]
+    rest = [a for a in args if not a.lstrip("+").startswith("prompt=")]
+    return rest, (prompts[-1] if prompts else None)
+
+
 def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
     tests = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/") and "@" not in k}
     print("\n" + "\n".join(f"  {k:<18} {v:.4f}" for k, v in tests.items()))
@@ -131,11 +158,11 @@ def _stored_overrides(ckpt: dict, args: list[str], keys: tuple[str, ...] | None)
     ]
 
 
-def _with_checkpoint_overrides(args: list[str]) -> list[str]:
+def _with_checkpoint_overrides(args: list[str], command: str = "test") -> list[str]:
     """Prepend the data/model overrides stored in the checkpoint named by ``ckpt_path=`` (the user's win)."""
     paths = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
     if not paths:
-        raise ConfigError("lmsleep test needs ckpt_path=PATH (a .ckpt file written by `lmsleep fit`)")
+        raise ConfigError(f"lmsleep {command} needs ckpt_path=PATH (a .ckpt file written by `lmsleep fit`)")
     return _stored_overrides(check_checkpoint(paths[-1]), args, MODEL_KEYS) + args
 
 
@@ -234,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
                 rest = _with_checkpoint_overrides(rest)
             _check_log_dir(rest)
             _run("test", _test, rest, "test")
+        elif command == "generate":
+            rest, prompt = _take_prompt(rest)
+            if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
+                rest = _with_checkpoint_overrides(rest, "generate")
+            _run("generate", _generating(prompt), rest, "generate")
         elif command in ("export-data", "export_data", "export"):
             _run("export", _export, rest, "export-data")
         elif command == "report":
@@ -242,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
             report_main(rest)
         else:
             raise ConfigError(
-                f"unknown command {command!r}; use one of: fit, test, export-data, report\n\n{USAGE}"
+                f"unknown command {command!r}; use one of: fit, test, export-data, report, generate\n\n{USAGE}"
             )
     except ConfigError as exc:
         _config_error_exit(exc)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from lmsleep.callbacks.preemption import Preempted
 from lmsleep.train import as_floats, build_run, finish_run
-from lmsleep.utils.config import ConfigError, check_checkpoint, check_fits_model
+from lmsleep.utils.config import ConfigError, check_checkpoint, check_fits_data, check_fits_model
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -22,6 +22,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt = check_checkpoint(cfg.ckpt_path)
     datamodule, model, trainer, loggers = build_run(cfg)
     check_fits_model(ckpt, model, cfg.ckpt_path)
+    check_fits_data(ckpt, datamodule, cfg.ckpt_path)
     del ckpt
     try:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)

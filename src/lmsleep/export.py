@@ -19,6 +19,11 @@ def export_data(cfg: DictConfig) -> int:
         raise ConfigError(f"split={cfg.split!r} is not one of {sorted(SPLIT_BUCKETS)}")
     if int(cfg.n) < 0 or int(cfg.start) < 0:
         raise ConfigError(f"n={cfg.n} and start={cfg.start} must be >= 0")
+    if "task" not in cfg.data:
+        raise ConfigError(
+            f"export-data writes the samples of a task (data=rule110, depo, gsm_inf); data "
+            f"<{cfg.data.get('_target_')}> has no task (your own text is already in your files)"
+        )
     task = instantiate(cfg.data.task)
     out = str(cfg.out)
     stream = sys.stdout if out == "-" else None

@@ -1,4 +1,4 @@
-"""Matplotlib figures for TensorBoard: Rule 110 space-time diagrams and accuracy by depth.
+"""Matplotlib figures for TensorBoard: Rule 110 space-time diagrams and metrics by depth or window.
 
 matplotlib is imported on first use with the non-interactive Agg backend, so nothing needs a display.
 """
@@ -62,8 +62,17 @@ def rule110_figure(samples: Sequence[dict[str, Any]], predictions: Sequence[Sequ
     return fig
 
 
-def depth_bar_figure(metrics: dict[str, float], depth_name: str, metric: str = "acc"):
-    """Bars of ``<metric>@<depth_name>=<d>`` against d, with the overall value as a dashed line."""
+def depth_bar_figure(
+    metrics: dict[str, float],
+    depth_name: str,
+    metric: str = "acc",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+):
+    """Bars of ``<metric>@<depth_name>=<d>`` against d, with the overall value as a dashed line.
+
+    ``depth_name`` is any bucket axis: a task's depth (``acc@t=4``) or the window within a text sequence
+    (``bpb@window=3``). ``ylim=None`` scales the axis from 0 to the data (bits per byte have no upper bound).
+    """
     plt = _pyplot()
     prefix = f"{metric}@{depth_name}="
     points = sorted((int(k.split("=")[-1]), float(v)) for k, v in metrics.items() if k.startswith(prefix))
@@ -76,7 +85,10 @@ def depth_bar_figure(metrics: dict[str, float], depth_name: str, metric: str = "
     if metric in metrics:
         ax.axhline(float(metrics[metric]), ls="--", color="gray", lw=1, label="all")
         ax.legend(fontsize=7)
-    ax.set_ylim(0, 1)
+    if ylim is None:
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_ylim(*ylim)
     ax.set_xlabel(depth_name)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by {depth_name}", fontsize=9)

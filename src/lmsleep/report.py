@@ -7,16 +7,18 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
 
 - ``<out>/summary.md``: per configuration (runs that differ only in their seed), the final and the best value
   of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained;
-- ``<out>/curves.png``: validation exact and per-answer accuracy against training tokens, one line per
-  configuration (the mean over seeds, shaded between the seeds' min and max);
-- ``<out>/final.png``: final test exact accuracy per configuration (mean over seeds, each seed a dot);
-- ``<out>/depth.png``: test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration.
+- ``<out>/curves.png``: validation exact and per-answer accuracy (text runs: bits per byte and loss) against
+  training tokens, one line per configuration (the mean over seeds, shaded between the seeds' min and max);
+- ``<out>/final.png``: final test exact accuracy (text runs: bits per byte) per configuration (mean over
+  seeds, each seed a dot);
+- ``<out>/depth.png``: test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration;
+- ``<out>/window.png`` (text runs): test bits per byte against the window index within the sequence.
 
 The figure functions return matplotlib figures (``notebooks/results.ipynb`` draws them from ``raw/``);
 :func:`build` saves them.
 
-Tokens are ``step x batch_size x (the task's max_length)`` summed over devices, i.e. the tokens the model
-was trained on including padding.
+Tokens are ``step x batch_size x (the task's max_length, or a text run's seq_len)`` summed over devices, i.e.
+the tokens the model was trained on including padding.
 """
 
 from __future__ import annotations
@@ -31,8 +33,14 @@ from typing import Any
 
 from lmsleep.utils.config import ConfigError
 
-FINAL_METRICS = ("val/acc", "val/acc_exact", "val/loss", "test/acc", "test/acc_exact", "test/loss")
+FINAL_METRICS = (
+    *("val/acc", "val/acc_exact", "val/loss", "val/bpb"),
+    *("test/acc", "test/acc_exact", "test/loss", "test/bpb"),
+)
 DEPTH_TAG = re.compile(r"^test/acc_exact@(\w+)=(\d+)$")
+WINDOW_TAG = re.compile(r"^test/bpb@(window)=(\d+)$")
+# The settings of a text run that decide its data (a task's are its task node).
+TEXT_SETTINGS = ("paths", "glob", "exclude", "format", "tokenizer", "seq_len", "pack", "window")
 
 
 # --- step 1: run folders -> raw files -----------------------------------------------------------------------
@@ -43,9 +51,15 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     model, sleep = cfg["model"]["net"], cfg["model"].get("sleep", {})
     layout = model.get("layout", "")
     kind = "transformer" if "ssm" not in str(layout) else "hybrid"
-    task = instantiate(cfg["data"]["task"])
+    data = cfg["data"]
     devices = cfg["trainer"].get("devices", 1)
     world = (devices if isinstance(devices, int) else len(devices)) * int(cfg["trainer"].get("num_nodes", 1))
+    if "task" in data:
+        length = instantiate(data["task"]).max_length
+        data_settings = {k: v for k, v in data["task"].items() if k not in ("_target_", "seed")}
+    else:  # text: every sequence is seq_len tokens
+        length = int(data["seq_len"])
+        data_settings = {k: data[k] for k in TEXT_SETTINGS if k in data}
     settings = {
         "task_name": cfg.get("task_name"),
         "model": kind,
@@ -53,8 +67,8 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         "eviction": sleep.get("eviction", "none"),
         "window": sleep.get("window"),
         "dim": model.get("dim"),
-        "tokens_per_step": int(cfg["data"]["batch_size"]) * task.max_length * world,
-        "data": {k: v for k, v in cfg["data"]["task"].items() if k not in ("_target_", "seed")},
+        "tokens_per_step": int(data["batch_size"]) * length * world,
+        "data": data_settings,
     }
     label = f"{settings['task_name']} {kind}" + (f" N={settings['passes']}" if kind == "hybrid" else "")
     label += {"none": " (no eviction)", "sliding": " (sliding)"}.get(settings["eviction"], "")
@@ -130,7 +144,8 @@ def _stats(values: list[float]) -> str:
 
 def headline_table(groups: dict[str, list[dict[str, Any]]]) -> str:
     """One row per configuration: the final test metrics, mean [min, max] over seeds."""
-    metrics = [m for m in FINAL_METRICS if m.startswith("test/")]
+    logged = {tag for runs in groups.values() for r in runs for tag in r["series"]}
+    metrics = [m for m in FINAL_METRICS if m.startswith("test/") and m in logged]
     lines = [
         "| configuration | seeds | tokens | " + " | ".join(metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
@@ -183,7 +198,13 @@ def curves_figure(groups: dict[str, list[dict[str, Any]]]):
     """Validation exact and per-answer accuracy against training tokens, one line per configuration."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("val/acc_exact", "val/acc"), strict=True):
+    tags = {tag for runs in groups.values() for r in runs for tag in r["series"]}
+    metrics = (
+        ("val/acc_exact", "val/acc")
+        if "val/acc" in tags or "val/bpb" not in tags
+        else ("val/bpb", "val/loss")
+    )
+    for ax, metric in zip(axes, metrics, strict=True):
         for label, runs in groups.items():
             have = [r["series"][metric] for r in runs if metric in r["series"]]
             if not have:
@@ -234,20 +255,27 @@ def final_figure(groups: dict[str, list[dict[str, Any]]], metric: str = "test/ac
     return fig
 
 
-def depth_figure(groups: dict[str, list[dict[str, Any]]]):
-    """Test exact accuracy against depth per base configuration; None when no run logged it by depth."""
+def depth_figure(
+    groups: dict[str, list[dict[str, Any]]],
+    pattern: re.Pattern = DEPTH_TAG,
+    what: str = "test exact accuracy",
+    axis: str = "depth",
+    join_sweeps: bool = True,
+):
+    """The final values of the tags ``pattern`` matches against their bucket (a task's depth, or the window
+    index of text runs), one line per configuration, or per base configuration with ``join_sweeps`` (a depth
+    sweep's runs, one depth each, join into one curve); None when no run has them."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     axis_name = None
-    # one line per base configuration: a depth sweep's runs (one depth each) join into one curve
     by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for runs in groups.values():
+    for group, runs in groups.items():
         for r in runs:
             for tag, s in r["series"].items():
-                match = DEPTH_TAG.match(tag)
+                match = pattern.match(tag)
                 if match:
                     axis_name = match.group(1)
-                    by_base[r["base"]][int(match.group(2))].append(s[-1][2])
+                    by_base[r["base"] if join_sweeps else group][int(match.group(2))].append(s[-1][2])
     for label, by_depth in sorted(by_base.items()):
         if by_depth:
             xs = sorted(by_depth)
@@ -255,11 +283,24 @@ def depth_figure(groups: dict[str, list[dict[str, Any]]]):
     if axis_name is None:
         plt.close(fig)
         return None
-    ax.set(xlabel=f"depth {axis_name}", ylabel="test exact accuracy", title="test exact accuracy by depth")
+    ax.set(
+        xlabel=f"{axis} {axis_name}" if axis != axis_name else axis, ylabel=what, title=f"{what} by {axis}"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def figures(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Every figure of a study by name (None where its runs logged nothing for it)."""
+    text = any("test/bpb" in r["series"] for runs in groups.values() for r in runs)
+    return {
+        "curves": curves_figure(groups),
+        "final": final_figure(groups, "test/bpb" if text else "test/acc_exact"),
+        "depth": depth_figure(groups),
+        "window": depth_figure(groups, WINDOW_TAG, "test bits per byte", "window", join_sweeps=False),
+    }
 
 
 def build(raw: Path, out: Path) -> list[Path]:
@@ -269,8 +310,7 @@ def build(raw: Path, out: Path) -> list[Path]:
     (out / "summary.md").write_text(summary_table(groups))
     written = [out / "summary.md"]
     plt = _pyplot()
-    figures = {"curves": curves_figure(groups), "final": final_figure(groups), "depth": depth_figure(groups)}
-    for name, fig in figures.items():
+    for name, fig in figures(groups).items():
         if fig is not None:
             fig.savefig(out / f"{name}.png", dpi=110)
             plt.close(fig)

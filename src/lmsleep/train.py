@@ -19,6 +19,7 @@ from lmsleep.utils.config import (
     build,
     build_data_and_model,
     check_checkpoint,
+    check_fits_data,
     check_fits_model,
     check_trainer,
     flat_hparams,
@@ -27,7 +28,10 @@ from lmsleep.utils.config import (
 
 log = logging.getLogger("lmsleep")
 
-HPARAM_METRICS = ("val/loss", "val/acc", "val/acc_exact", "test/loss", "test/acc", "test/acc_exact")
+# the final metrics beside the config in TensorBoard's HPARAMS tab (answer accuracy of tasks, bits per byte of text)
+HPARAM_METRICS = tuple(
+    f"{split}/{m}" for split in ("val", "test") for m in ("loss", "acc", "acc_exact", "bpb")
+)
 
 
 def as_floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -110,6 +114,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
         _keep_earlier_csv_logs(cfg, int(resume.get("global_step", 0)))
     datamodule, model, trainer, loggers = build_run(cfg)
     check_fits_model(resume, model, cfg.get("ckpt_path"))
+    check_fits_data(resume, datamodule, cfg.get("ckpt_path"))
     del resume
     model.run_config = {
         "overrides": list(overrides or []),

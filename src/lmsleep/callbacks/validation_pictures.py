@@ -19,7 +19,9 @@ class ValidationPictures(Callback):
     - ``pictures/acc_by_<depth>`` and ``pictures/acc_exact_by_<depth>``: bar charts of the validation accuracy
       per depth bucket (the per-depth learning curves are the ``val/acc@...`` scalars);
     - ``pictures/rule110``: space-time diagrams of ``num_samples`` validation samples with the predicted and
-      true answer bits marked (Rule 110 only).
+      true answer bits marked (Rule 110 only);
+    - text data (no task): ``pictures/bpb_by_window``, the validation bits per byte by window index within
+      the sequence (the per-window curves are the ``val/bpb@window=...`` scalars).
     """
 
     def __init__(self, num_samples: int = 4):
@@ -34,11 +36,16 @@ class ValidationPictures(Callback):
             return
         from lmsleep.plots import depth_bar_figure, rule110_figure
 
-        task = datamodule.task
         step = trainer.global_step
         metrics = {
             k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
         }
+        task = getattr(datamodule, "task", None)
+        if task is None:  # text: bits per byte by window, unbounded above
+            writer.add_figure(
+                "pictures/bpb_by_window", depth_bar_figure(metrics, "window", "bpb", None), step
+            )
+            return
         for metric in ("acc", "acc_exact"):
             writer.add_figure(
                 f"pictures/{metric}_by_{task.depth_name}",

@@ -72,6 +72,9 @@ class TaskDataModule(L.LightningDataModule):
         batch_size: per-device batch size.
         train_size, val_size, test_size: samples per epoch / in the fixed evaluation splits.
         num_workers: data-loader worker processes.
+        fresh_train_samples: read new training samples every epoch (False: the same ones, to overfit).
+        window: the window L the model's sleep follows (``data.window``, which every data config defines
+            and ``model.sleep.window`` reads); it must be the task's own window. None: the task's.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class TaskDataModule(L.LightningDataModule):
         test_size: int = 1024,
         num_workers: int = 0,
         fresh_train_samples: bool = True,
+        window: int | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -90,7 +94,13 @@ class TaskDataModule(L.LightningDataModule):
         for name, size in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if int(size) < 1:
                 raise ValueError(f"data.{name} must be >= 1 sample, got {size}")
+        if window is not None and int(window) != task.window:
+            raise ValueError(
+                f"data.window={window} differs from the task's window data.task.window={task.window}; "
+                "set data.task.window (data.window follows it) or model.sleep.window for the model alone"
+            )
         self.task = task
+        self.window = task.window
         self.batch_size = int(batch_size)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(test_size)}
         self.num_workers = int(num_workers)

@@ -1,6 +1,9 @@
-"""Masked cross-entropy and answer accuracy, overall and by depth, as torchmetrics (DDP-synchronised)."""
+"""Masked cross-entropy; answer accuracy by depth (tasks) and loss and bits per byte by window (text), as
+torchmetrics (DDP-synchronised)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -89,4 +92,59 @@ class AnswerMetrics(Metric):
         for d in torch.nonzero(self.groups).flatten().tolist():
             out.update({f"{k}@{self.depth_name}={d}": v for k, v in summary(slice(d, d + 1)).items()})
             out[f"acc_exact@{self.depth_name}={d}"] = self.exact[d] / self.groups[d]
+        return {k: v.float() for k, v in out.items()}
+
+
+class WindowLMMetrics(Metric):
+    """Language-model loss and bits per byte, overall and by window index within the sequence.
+
+    ``update(logits [B, T, V], labels [B, T], window L, token_bytes [B, T] or None)``: position t (whose label
+    is the next token) is in window ``t // L``. Window 0 is predicted with nothing consolidated before it; later
+    windows have fast weights written (and slept on) over more evicted context. ``token_bytes`` is how many
+    bytes of text each label stands for; None means one each (the byte tokenizer), and then bits per byte are
+    bits per token. ``compute()`` returns ``{"loss", "bpb"}`` (nats per token, bits per byte), ``"bpt"`` (bits
+    per token) once tokens that are not bytes were seen, and the same per window: ``"loss@window=<w>"``,
+    ``"bpb@window=<w>"`` (``"bpt@window=<w>"``) for every window holding a labelled position.
+    """
+
+    full_state_update = False
+
+    def __init__(self, max_windows: int = 4096, **kwargs):
+        super().__init__(**kwargs)
+        self.max_windows = max_windows
+        self.tokens_are_bytes = True
+        for name in ("loss_sum", "tokens", "nbytes"):
+            self.add_state(name, default=torch.zeros(max_windows, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(
+        self, logits: torch.Tensor, labels: torch.Tensor, window: int, token_bytes: torch.Tensor | None = None
+    ) -> None:
+        mask = labels != IGNORE_INDEX
+        T = labels.shape[1]
+        if (T - 1) // window >= self.max_windows:
+            raise ValueError(f"sequences of {T} tokens hold more than {self.max_windows} windows of {window}")
+        index = (torch.arange(T, device=labels.device) // window)[None].expand_as(labels)[mask]
+        safe = labels.masked_fill(~mask, 0)
+        token_loss = F.cross_entropy(logits.float().flatten(0, 1), safe.flatten(), reduction="none").view_as(
+            labels
+        )
+        self.loss_sum.index_add_(0, index, token_loss[mask].to(torch.float64))
+        self.tokens.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+        if token_bytes is None:
+            self.nbytes.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+        else:
+            self.tokens_are_bytes = False
+            self.nbytes.index_add_(0, index, token_bytes[mask].to(torch.float64))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        def summary(idx) -> dict[str, torch.Tensor]:
+            nats, tokens = self.loss_sum[idx].sum(), self.tokens[idx].sum().clamp(min=1)
+            out = {"loss": nats / tokens, "bpb": nats / math.log(2) / self.nbytes[idx].sum().clamp(min=1)}
+            if not self.tokens_are_bytes:
+                out["bpt"] = nats / math.log(2) / tokens
+            return out
+
+        out = summary(slice(None))
+        for w in torch.nonzero(self.tokens).flatten().tolist():
+            out.update({f"{k}@window={w}": v for k, v in summary(slice(w, w + 1)).items()})
         return {k: v.float() for k, v in out.items()}

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmsleep.data.task import IGNORE_INDEX
-from lmsleep.lit.metrics import AnswerMetrics, masked_cross_entropy
+from lmsleep.lit.metrics import AnswerMetrics, WindowLMMetrics, masked_cross_entropy
 from lmsleep.lit.optim import OptimConfig, build_optimizer, warmup_cosine
 from lmsleep.models.hybrid import HybridLM
 from lmsleep.models.sleep import SleepConfig, SleepHooks
@@ -36,7 +36,7 @@ def _plain(settings: Any) -> dict[str, Any] | None:
 
 class LitLM(L.LightningModule, SleepHooks):
     """Masked cross-entropy on ``labels``; one Muon + AdamW optimiser under Lightning's automatic optimisation;
-    answer metrics by depth.
+    answer metrics by depth (tasks) or loss and bits per byte by window (text).
 
     Lightning runs backward, ``trainer.gradient_clip_val`` (global norm), ``accumulate_grad_batches`` and the
     optimiser step. Precision: ``32-true`` (CPU) and ``bf16-mixed`` (GPU) are the tested settings. ``16-mixed``
@@ -55,6 +55,9 @@ class LitLM(L.LightningModule, SleepHooks):
         sleep: keyword arguments of :class:`SleepConfig` (passes N, window L, eviction, ...).
         optim: keyword arguments of :class:`OptimConfig`.
         depth_name: the task's depth axis (``t``, ``k``, ``ops``) for metric names such as ``test/acc@t=4``.
+        metrics: ``answer`` (tasks: :class:`AnswerMetrics` by depth) or ``text`` (language modelling:
+            :class:`WindowLMMetrics`, ``val/bpb`` and ``val/bpb@window=3``, with windows of ``sleep.window``);
+            set from the data at run time (``TextDataModule.metrics``).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class LitLM(L.LightningModule, SleepHooks):
         sleep: dict[str, Any] | None = None,
         optim: dict[str, Any] | None = None,
         depth_name: str = "depth",
+        metrics: str = "answer",
     ):
         super().__init__()
         # Plain dicts, not Hydra's DictConfigs: checkpoints then hold only tensors and plain containers and
@@ -72,7 +76,15 @@ class LitLM(L.LightningModule, SleepHooks):
         self.net = net
         self.sleep = SleepConfig(**dict(sleep or {}))
         self.optim_cfg = OptimConfig.from_dict(optim)
-        self.val_metrics, self.test_metrics = AnswerMetrics(depth_name), AnswerMetrics(depth_name)
+        if metrics not in ("answer", "text"):
+            raise ValueError(
+                f"model.metrics={metrics!r} must be 'answer' (tasks) or 'text' (language modelling)"
+            )
+        self.metrics = metrics
+        if metrics == "text":
+            self.val_metrics, self.test_metrics = WindowLMMetrics(), WindowLMMetrics()
+        else:
+            self.val_metrics, self.test_metrics = AnswerMetrics(depth_name), AnswerMetrics(depth_name)
         self._total_steps = 1  # of the cosine schedule; set when training starts
         self._window_checked = False
         self.skipped_batches = 0  # batches dropped for a non-finite loss or gradient (optim.nonfinite=skip)
@@ -119,7 +131,7 @@ class LitLM(L.LightningModule, SleepHooks):
             rank_zero_warn(
                 f"model.sleep.window={cfg.window} >= the sequence length {length}: every sequence is one "
                 f"window, so nothing is evicted and sleep (passes={cfg.passes}) never runs; set "
-                f"model.sleep.window below {length} (e.g. to the task's window, data.task.window)"
+                f"model.sleep.window below {length} (e.g. to the data's window, data.window)"
             )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -178,8 +190,12 @@ class LitLM(L.LightningModule, SleepHooks):
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         self._check_window(batch["input_ids"])
         logits, _ = self(batch["input_ids"])
+        metric = getattr(self, f"{split}_metrics")
+        if self.metrics == "text":  # by window of the current sleep settings (a schedule may change them)
+            metric.update(logits, batch["labels"], self.sleep.window, batch.get("token_bytes"))
+            return
         depth = batch.get("answer_depth", batch["depth"])  # per answer where a sample mixes depths
-        getattr(self, f"{split}_metrics").update(logits, batch["labels"], depth)
+        metric.update(logits, batch["labels"], depth)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -10,6 +10,7 @@ so the per-token cost does not grow with the stream. The logits equal those of t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,19 @@ class Stream:
     ) -> torch.Tensor:
         """Feed ``prompt [B, T]`` then decode ``max_new_tokens``: greedy at ``temperature=0``, else sampled
         (optionally from the ``top_k`` most likely tokens). Returns the new tokens ``[B, max_new_tokens]``."""
+        out = list(self.decode(prompt, max_new_tokens, temperature, top_k, generator))
+        return torch.stack(out, dim=1) if out else torch.empty(self.batch_size, 0, dtype=torch.long)
+
+    def decode(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """:meth:`generate` one new token ``[B]`` at a time: each is fed back before the next is picked, so
+        the caller may time every step or stop early (then the last token it received has not been fed)."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if torch.as_tensor(prompt).shape[-1] == 0:
@@ -105,12 +119,10 @@ class Stream:
                 "generate needs a prompt of at least one token (its last logits pick the first new one)"
             )
         logits = self.feed(prompt)[:, -1]
-        out = []
         for _ in range(max_new_tokens):
             token = self._pick(logits, temperature, top_k, generator)
-            out.append(token)
+            yield token
             logits = self.feed(token[:, None])[:, -1]
-        return torch.stack(out, dim=1) if out else torch.empty(self.batch_size, 0, dtype=torch.long)
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None):

@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import re
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ USER_CONFIG_ENV = "LMSLEEP_CONFIG_DIR"
 # ``${lmsleep.pid:}`` in configs/hydra: run folders are ``<time>_<pid>``, unique even for runs started in the
 # same second. (DDP ranks launched by Lightning are handed rank 0's folder, so the pid is rank 0's.)
 OmegaConf.register_new_resolver("lmsleep.pid", lambda: str(os.getpid()), replace=True)
+# ``${lmsleep.stdlib:}``: the folder of the running Python's standard library, a corpus every machine has
+# (configs/experiment/text_stdlib_*.yaml).
+OmegaConf.register_new_resolver("lmsleep.stdlib", lambda: sysconfig.get_paths()["stdlib"], replace=True)
 
 
 class ConfigError(ValueError):
@@ -188,6 +192,18 @@ def check_fits_model(ckpt: dict[str, Any] | None, model: torch.nn.Module, path: 
         )
 
 
+def check_fits_data(ckpt: dict[str, Any] | None, datamodule: Any, path: str) -> None:
+    """Check that a checkpoint's saved data state (a text run's tokenizer) is the configured data's, before any
+    work starts (Lightning restores it later, inside the fit or test)."""
+    saved = (ckpt or {}).get(type(datamodule).__qualname__)
+    if saved is None:  # task data saves no state
+        return
+    try:
+        datamodule.load_state_dict(saved)
+    except ValueError as exc:
+        raise ConfigError(f"ckpt_path={path} does not fit the configured data: {exc}") from exc
+
+
 # Trainer settings that Lightning compares with numbers: a string there fails deep inside Lightning with a
 # message that does not name the key.
 TRAINER_INTS = (
@@ -244,12 +260,23 @@ def check_writable_dir(path: str | Path, what: str) -> None:
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
-    """The DataModule, then the LightningModule with the data's vocabulary size and depth axis filled in."""
+    """The DataModule, then the LightningModule with the data's vocabulary size and depth axis (tasks) or
+    language-model metrics (text) filled in."""
+    sleep = OmegaConf.to_container(cfg.model.get("sleep") or {}, resolve=False)
+    if "window" not in cfg.data and "${data.window}" in str(sleep.get("window")):
+        raise ConfigError(
+            "the data config has no `window`, which model.sleep.window follows: every data config defines "
+            "data.window (a task's: `window: ${.task.window}`); add it, or set model.sleep.window"
+        )
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule = build(cfg.data, "data")
     with open_dict(cfg):
         cfg.model.net.vocab_size = datamodule.vocab_size
-        cfg.model.depth_name = datamodule.task.depth_name
+        task = getattr(datamodule, "task", None)
+        if task is not None:
+            cfg.model.depth_name = task.depth_name
+        else:  # text: loss and bits per byte by window instead of answer accuracy by depth
+            cfg.model.metrics = datamodule.metrics
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model = build(cfg.model, "model")
     return datamodule, model
