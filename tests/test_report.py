@@ -110,3 +110,22 @@ def test_results_notebook_draws_a_study_from_its_raw_files(two_runs, tmp_path, m
     assert (tmp_path / "figures" / "tiny_study_final.png").read_bytes() == (
         studies / "tiny_study" / "final.png"
     ).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "label"),
+    [
+        ([], "t transformer (no eviction)"),
+        (["model.sleep.eviction=hard"], "t transformer (hard eviction)"),
+        (["model=hybrid", "model.sleep.passes=2"], "t hybrid N=2"),  # hard: a hybrid's default, unsaid
+        (["model=hybrid", "model.sleep.eviction=sliding"], "t hybrid N=1 (sliding)"),
+    ],
+)
+def test_labels_name_the_model_passes_and_eviction(compose, tiny, tmp_path, overrides, label):
+    from omegaconf import OmegaConf
+
+    from lmsleep.report import run_settings
+
+    cfg = compose([*tiny, "task_name=t", *overrides], "fit", tmp_path / "run")
+    # as a run folder's config.yaml holds it
+    assert run_settings(OmegaConf.to_container(cfg, resolve=True))["label"] == label

@@ -71,7 +71,11 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         "data": data_settings,
     }
     label = f"{settings['task_name']} {kind}" + (f" N={settings['passes']}" if kind == "hybrid" else "")
-    label += {"none": " (no eviction)", "sliding": " (sliding)"}.get(settings["eviction"], "")
+    # hard eviction is a hybrid's default and goes unsaid; a transformer's default is none
+    evictions = {"none": " (no eviction)", "sliding": " (sliding)"}
+    if kind == "transformer":
+        evictions["hard"] = " (hard eviction)"
+    label += evictions.get(settings["eviction"], "")
     return {"label": label, "seed": cfg.get("seed"), "settings": settings}
 
 
