@@ -268,7 +268,7 @@ def depth_figure(
 ):
     """The final values of the tags ``pattern`` matches against their bucket (a task's depth, or the window
     index of text runs), one line per configuration, or per base configuration with ``join_sweeps`` (a depth
-    sweep's runs, one depth each, join into one curve); None when no run has them."""
+    sweep's runs, one depth each, join into one curve); None when no line has two buckets."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     axis_name = None
@@ -284,7 +284,7 @@ def depth_figure(
         if by_depth:
             xs = sorted(by_depth)
             ax.plot(xs, [statistics.fmean(by_depth[x]) for x in xs], "o-", label=label)
-    if axis_name is None:
+    if axis_name is None or max(len(d) for d in by_base.values()) < 2:  # no curve: nothing to draw
         plt.close(fig)
         return None
     ax.set(
