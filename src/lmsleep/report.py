@@ -125,20 +125,21 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
         runs.append({"seed": meta["seed"], "meta": meta, "series": dict(series), "base": meta["label"]})
     if not runs:
         raise ConfigError(f"{raw} holds no raw run files (<run>.json and <run>.csv)")
-    # Runs with one label that differ in a data setting (a depth sweep) are separate configurations: the
-    # settings that vary among them join the label.
-    by_base: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    # Runs with one label that differ in a data setting (a depth sweep) are separate configurations.
+    # A setting that varies anywhere within one study (one task_name) names the value in every label of that
+    # study, also where a configuration ran at one value only (an N = 2 probe at one depth of a sweep).
+    by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        by_base[run["base"]].append(run)
+        by_study[str(run["meta"]["settings"].get("task_name"))].append(run)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for base, members in by_base.items():
+    for members in by_study.values():
         data = [m["meta"]["settings"]["data"] for m in members]
         varying = sorted(
             k for k in data[0] if any(json.dumps(d.get(k)) != json.dumps(data[0][k]) for d in data)
         )
         for run, d in zip(members, data, strict=True):
-            suffix = ", ".join(f"{k}={d[k]}" for k in varying)
-            groups[f"{base} {suffix}" if suffix else base].append(run)
+            suffix = ", ".join(f"{k}={d.get(k)}" for k in varying)
+            groups[f"{run['base']} {suffix}" if suffix else run["base"]].append(run)
     return dict(sorted(groups.items()))
 
 
