@@ -6,6 +6,7 @@ other work, torch's intra-op threads make these tiny matmuls 10x slower, not fas
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -61,6 +62,21 @@ def compose_config(
 def compose() -> object:
     """``compose(overrides, config_name="fit", output_dir=None)``: see :func:`compose_config`."""
     return compose_config
+
+
+def run_notebook_cells(path: Path) -> dict:
+    """Execute a notebook's code cells top to bottom as one script (no Jupyter); returns its namespace."""
+    cells = json.loads(Path(path).read_text())["cells"]
+    source = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    namespace = {"__name__": "__notebook__"}
+    exec(compile(source, str(path), "exec"), namespace)
+    return namespace
+
+
+@pytest.fixture(scope="session")
+def run_notebook() -> object:
+    """``run_notebook(path) -> namespace``: see :func:`run_notebook_cells`."""
+    return run_notebook_cells
 
 
 @pytest.fixture(scope="session")

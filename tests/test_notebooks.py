@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, capsys, tmp_path, monkeypatch):
+def test_notebook_runs(path, capsys, tmp_path, monkeypatch, run_notebook):
     monkeypatch.setenv("LMSLEEP_NOTEBOOK_FIGURES", str(tmp_path))  # results.ipynb saves its figures here
-    cells = json.loads(path.read_text())["cells"]
-    source = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    exec(compile(source, str(path), "exec"), {"__name__": "__notebook__"})
+    run_notebook(path)
     assert capsys.readouterr().out.strip(), f"{path.name} printed nothing"
 
 

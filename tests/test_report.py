@@ -84,19 +84,16 @@ def test_report_errors_name_the_problem(tmp_path):
         report([str(tmp_path / "empty")], str(tmp_path / "out"))
 
 
-def test_results_notebook_draws_a_study_from_its_raw_files(two_runs, tmp_path, monkeypatch, capsys):
+def test_results_notebook_draws_a_study_from_its_raw_files(
+    two_runs, tmp_path, monkeypatch, capsys, run_notebook
+):
     """notebooks/results.ipynb on a tiny study: the headline table and one PNG per figure, from raw/ alone."""
     studies = tmp_path / "results"
     report([str(d) for d, _ in two_runs], str(studies / "tiny_study"))
     monkeypatch.setenv("LMSLEEP_RESULTS", str(studies))
     monkeypatch.setenv("LMSLEEP_NOTEBOOK_FIGURES", str(tmp_path / "figures"))
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "results.ipynb"
-    cells = json.loads(notebook.read_text())["cells"]
-    namespace = {"__name__": "__notebook__"}
-    exec(
-        compile("\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code"), "nb", "exec"),
-        namespace,
-    )
+    namespace = run_notebook(notebook)
     out = capsys.readouterr().out
     assert "1 studies" in out and "### tiny_study" in out
     exact = [m["test/acc_exact"] for _, m in two_runs]

@@ -143,6 +143,11 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(groups.items()))
 
 
+def _tokens_trained(runs: list[dict[str, Any]]) -> int:
+    """The most tokens any of the runs logged a metric at."""
+    return max(max((t for _, t, _ in s), default=0) for r in runs for s in r["series"].values())
+
+
 def _stats(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
@@ -156,7 +161,7 @@ def headline_table(groups: dict[str, list[dict[str, Any]]]) -> str:
         "|---|---|---|" + "---|" * len(metrics),
     ]
     for label, runs in groups.items():
-        tokens = max(max((t for _, t, _ in s), default=0) for r in runs for s in r["series"].values())
+        tokens = _tokens_trained(runs)
         cells = []
         for metric in metrics:
             final = [r["series"][metric][-1][2] for r in runs if metric in r["series"]]
@@ -176,7 +181,7 @@ def summary_table(groups: dict[str, list[dict[str, Any]]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for label, runs in groups.items():
-        tokens = max(max((t for _, t, _ in s), default=0) for r in runs for s in r["series"].values())
+        tokens = _tokens_trained(runs)
         for metric in FINAL_METRICS:
             have = [r["series"][metric] for r in runs if metric in r["series"]]
             if not have:
