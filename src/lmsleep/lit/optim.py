@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmsleep.lit.muon import NS_DTYPES, Muon
+
 NONFINITE = ("stop", "skip")
 
 
@@ -31,6 +33,9 @@ class OptimConfig:
         warmup_steps: linear warm-up from 0 to the peak rate.
         min_lr_ratio: the cosine decays to this fraction of the peak at the last step.
         muon_adjust_lr: Muon's ``adjust_lr_fn`` (``original`` or ``match_rms_adamw``; None = torch's default).
+        muon_ns_dtype: dtype of Muon's Newton-Schulz orthogonalisation: ``auto`` (torch's bfloat16 on CUDA,
+            float32 on CPU, where bf16 matmuls without AMX made Muon's step about 10x slower), ``bfloat16``
+            or ``float32`` (:class:`lmsleep.lit.muon.Muon`).
         nonfinite: what a training step whose loss or gradient norm is NaN or infinite does: ``stop`` (the fit
             ends with an error naming the step and the quantity; no optimiser step is taken) or ``skip``
             (the batch is dropped without an optimiser step and counted in ``train/skipped_batches``).
@@ -45,6 +50,7 @@ class OptimConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     muon_adjust_lr: str | None = None
+    muon_ns_dtype: str = "auto"
     nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
@@ -53,6 +59,11 @@ class OptimConfig:
                 raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
         if self.nonfinite not in NONFINITE:
             raise ValueError(f"optim.nonfinite={self.nonfinite!r} is not one of {NONFINITE}")
+        if self.muon_ns_dtype not in NS_DTYPES:
+            raise ValueError(
+                f"optim.muon_ns_dtype={self.muon_ns_dtype!r} is not one of {sorted(NS_DTYPES)} (auto: bfloat16 "
+                "on CUDA, float32 on CPU)"
+            )
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
 
@@ -84,8 +95,9 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 
 
 class MuonAdamW(torch.optim.Optimizer):
-    """One ``torch.optim.Optimizer`` whose parameter groups are stepped by ``torch.optim.Muon`` (groups with
-    ``muon=True``) or ``torch.optim.AdamW`` (the others).
+    """One ``torch.optim.Optimizer`` whose parameter groups are stepped by Muon (groups with ``muon=True``;
+    :class:`lmsleep.lit.muon.Muon`, i.e. ``torch.optim.Muon`` with a choice of orthogonalisation dtype) or
+    ``torch.optim.AdamW`` (the others).
 
     The two torch optimisers do the arithmetic; they hold this optimiser's own group dicts and its ``state``,
     so everything that handles one optimiser sees all parameters: Lightning's automatic optimisation
@@ -95,7 +107,8 @@ class MuonAdamW(torch.optim.Optimizer):
     Args:
         muon_params: 2-D hidden weight matrices.
         adamw_params: every other parameter.
-        muon: keyword arguments of ``torch.optim.Muon`` (lr, weight_decay, momentum, adjust_lr_fn, ...).
+        muon: keyword arguments of :class:`lmsleep.lit.muon.Muon` (lr, weight_decay, momentum, adjust_lr_fn,
+            ns_dtype, ...).
         adamw: keyword arguments of ``torch.optim.AdamW`` (lr, betas, weight_decay, ...).
     """
 
@@ -111,7 +124,7 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError("MuonAdamW got no parameters to optimise")
         inner: list[torch.optim.Optimizer] = []
         if muon_params:
-            inner.append(torch.optim.Muon(muon_params, **(muon or {})))
+            inner.append(Muon(muon_params, **(muon or {})))
         if adamw_params:
             inner.append(torch.optim.AdamW(adamw_params, **(adamw or {})))
         groups = []
@@ -159,6 +172,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> MuonAdamW:
             weight_decay=cfg.muon_weight_decay,
             momentum=cfg.momentum,
             adjust_lr_fn=cfg.muon_adjust_lr,
+            ns_dtype=cfg.muon_ns_dtype,
         ),
         adamw=dict(lr=cfg.adamw_lr, betas=tuple(cfg.betas), weight_decay=cfg.adamw_weight_decay),
     )
