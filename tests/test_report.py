@@ -126,3 +126,19 @@ def test_labels_name_the_model_passes_and_eviction(compose, tiny, tmp_path, over
     cfg = compose([*tiny, "task_name=t", *overrides], "fit", tmp_path / "run")
     # as a run folder's config.yaml holds it
     assert run_settings(OmegaConf.to_container(cfg, resolve=True))["label"] == label
+
+
+def test_best_value_is_the_smallest_for_losses_and_bits_and_the_largest_for_accuracies():
+    from lmsleep.report import summary_table
+
+    series = {
+        "val/bpb": [(1, 10, 3.9), (2, 20, 2.1), (3, 30, 2.2)],
+        "val/loss": [(1, 10, 2.5), (2, 20, 1.4), (3, 30, 1.5)],
+        "val/acc": [(1, 10, 0.5), (2, 20, 0.9), (3, 30, 0.8)],
+    }
+    table = summary_table({"hybrid N=2": [{"seed": 0, "series": series}]})
+    rows = {line.split(" | ")[3]: line for line in table.splitlines() if line.startswith("| hybrid")}
+    # final | best, each "mean [min, max]" over the one seed
+    assert rows["val/bpb"].endswith("| 2.200 [2.200, 2.200] | 2.100 [2.100, 2.100] |")
+    assert rows["val/loss"].endswith("| 1.500 [1.500, 1.500] | 1.400 [1.400, 1.400] |")
+    assert rows["val/acc"].endswith("| 0.800 [0.800, 0.800] | 0.900 [0.900, 0.900] |")

@@ -37,6 +37,8 @@ FINAL_METRICS = (
     *("val/acc", "val/acc_exact", "val/loss", "val/bpb"),
     *("test/acc", "test/acc_exact", "test/loss", "test/bpb"),
 )
+# Metrics whose best value is the smallest (the others are accuracies).
+LOWER_IS_BETTER = ("loss", "bpb", "bpt")
 DEPTH_TAG = re.compile(r"^test/acc_exact@(\w+)=(\d+)$")
 WINDOW_TAG = re.compile(r"^test/bpb@(window)=(\d+)$")
 # The settings of a text run that decide its data (a task's are its task node).
@@ -186,7 +188,7 @@ def summary_table(groups: dict[str, list[dict[str, Any]]]) -> str:
             have = [r["series"][metric] for r in runs if metric in r["series"]]
             if not have:
                 continue
-            best = min if metric.endswith("loss") else max
+            best = min if metric.endswith(LOWER_IS_BETTER) else max
             final = [s[-1][2] for s in have]
             top = [best(v for _, _, v in s) for s in have]
             lines.append(
