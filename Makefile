@@ -51,11 +51,11 @@ test-gpu: $(VENV)/.installed-cuda
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks scripts
 
 # BENCH_AGAINST=<git revision> adds a side-by-side comparison of the training step with that revision.
 BENCH_AGAINST ?=

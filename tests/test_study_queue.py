@@ -15,11 +15,19 @@ study_queue = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study_queue)
 
 
+def _tail(run_dir: Path) -> str:
+    return (run_dir / "queue.out").read_text()[-3000:]
+
+
 def test_queue_file_lines_comments_and_errors(tmp_path):
     q = tmp_path / "q.txt"
     q.write_text("# the study\n\nexperiment=a seed=0  # first\n  experiment=a seed=1\n")
     assert study_queue.read_queue(q) == [["experiment=a", "seed=0"], ["experiment=a", "seed=1"]]
-    for bad, word in (("-m experiment=a", "-m"), ("experiment=a ckpt_path=last", "ckpt_path"), ("fit", "fit")):
+    for bad, word in (
+        ("-m experiment=a", "-m"),
+        ("experiment=a ckpt_path=last", "ckpt_path"),
+        ("fit", "fit"),
+    ):
         q.write_text(bad + "\n")
         with pytest.raises(SystemExit, match=f"q.txt:1: '{word}"):
             study_queue.read_queue(q)
@@ -58,7 +66,7 @@ def test_finished_runs_are_skipped_and_an_unfinished_one_resumes(tmp_path, monke
     assert study_queue.main([str(q), "--log-dir", str(logs), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("start")
 
-    assert study_queue.main([str(q), "--log-dir", str(logs)]) == 0, (run_dir / "queue.out").read_text()[-3000:]
+    assert study_queue.main([str(q), "--log-dir", str(logs)]) == 0, _tail(run_dir)
     attempts = [json.loads(line) for line in (run_dir / "queue.jsonl").read_text().splitlines()]
     assert len(attempts) == 1 and attempts[0]["returncode"] == 0 and attempts[0]["resumed_from"] is None
     assert (run_dir / "queue_done.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -73,7 +81,7 @@ def test_finished_runs_are_skipped_and_an_unfinished_one_resumes(tmp_path, monke
     os.utime(run_dir / "checkpoints" / "last.ckpt")
     assert study_queue.main([str(q), "--log-dir", str(logs), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("resume")
-    assert study_queue.main([str(q), "--log-dir", str(logs)]) == 0, (run_dir / "queue.out").read_text()[-3000:]
+    assert study_queue.main([str(q), "--log-dir", str(logs)]) == 0, _tail(run_dir)
     attempts = [json.loads(line) for line in (run_dir / "queue.jsonl").read_text().splitlines()]
     assert len(attempts) == 2 and attempts[1]["resumed_from"].endswith(".ckpt")
     assert "lmsleep: resuming" in (run_dir / "queue.out").read_text()
