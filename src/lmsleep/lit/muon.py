@@ -3,7 +3,7 @@
 torch's Muon orthogonalises every update in bfloat16: the fast choice on GPUs and on CPUs with bf16 matrix
 units (AMX). A CPU without them runs those many small bf16 matmuls far slower than fp32: on the 2-core
 development machine (no AMX) Muon's bf16 iterations took about 110 ms of a 600 ms Rule 110 training step at
-d = 64, against about 10 ms in fp32 (benchmarks/RESULTS.md). ``ns_dtype="auto"`` keeps torch's own step
+d = 64, against about 10 ms in fp32 (README, "Figures measured on a 2-core CPU"). ``ns_dtype="auto"`` keeps torch's own step
 (bf16) for CUDA parameters and orthogonalises in fp32 elsewhere. fp32 is the more precise of the two: the
 orthogonalised update differs from the bf16 one by bf16 rounding (about 1e-2 relative per entry).
 """
