@@ -65,12 +65,12 @@ def test_report_writes_raw_metrics_tables_and_plots(two_runs, tmp_path, capsys):
     cells = dict(zip(header.strip("|").split(" | "), headline.strip("|").split(" | "), strict=True))
     exact = [m["test/acc_exact"] for _, m in two_runs]
     assert cells["test/acc_exact"].strip() == f"{sum(exact) / 2:.3f} [{min(exact):.3f}, {max(exact):.3f}]"
-    for png in ("curves.png", "final.png", "depth.png"):
+    for png in ("curves.png", "buckets.png", "final.png", "depth.png"):
         assert (out / png).stat().st_size > 1000
     # the committed raw files alone reproduce the same tables and plots, byte for byte
     again = tmp_path / "again"
     report([str(out / "raw")], str(again))
-    for name in ("summary.md", "curves.png", "final.png", "depth.png"):
+    for name in ("summary.md", "curves.png", "buckets.png", "final.png", "depth.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
@@ -99,7 +99,12 @@ def test_results_notebook_draws_a_study_from_its_raw_files(
     exact = [m["test/acc_exact"] for _, m in two_runs]
     assert f"{sum(exact) / 2:.3f} [{min(exact):.3f}, {max(exact):.3f}]" in out
     names = sorted(p.name for p in namespace["figures_written"])
-    assert names == ["tiny_study_curves.png", "tiny_study_depth.png", "tiny_study_final.png"]
+    assert names == [
+        "tiny_study_buckets.png",
+        "tiny_study_curves.png",
+        "tiny_study_depth.png",
+        "tiny_study_final.png",
+    ]
     for name in names:
         drawn = (tmp_path / "figures" / name).read_bytes()
         assert drawn[:8] == b"\x89PNG\r\n\x1a\n" and len(drawn) > 1000
@@ -142,3 +147,24 @@ def test_best_value_is_the_smallest_for_losses_and_bits_and_the_largest_for_accu
     assert rows["val/bpb"].endswith("| 2.200 [2.200, 2.200] | 2.100 [2.100, 2.100] |")
     assert rows["val/loss"].endswith("| 1.500 [1.500, 1.500] | 1.400 [1.400, 1.400] |")
     assert rows["val/acc"].endswith("| 0.800 [0.800, 0.800] | 0.900 [0.900, 0.900] |")
+
+
+def test_bucket_curves_draw_one_panel_per_configuration_with_mixed_depths_and_one_line_per_bucket():
+    from lmsleep.study_figures import bucket_curves_figure
+
+    def run(seed, buckets):
+        series = {f"val/acc_exact@k={k}": [(10, 100, 0.1 * k), (20, 200, 0.2 * k + seed)] for k in buckets}
+        return {"seed": seed, "series": {**series, "val/acc_exact": [(10, 100, 0.5), (20, 200, 0.6)]}}
+
+    # one bucket per configuration (a depth sweep's runs): nothing to draw
+    assert bucket_curves_figure({"t=2": [run(0, [2])], "t=3": [run(0, [3])]}) is None
+    fig = bucket_curves_figure(
+        {"N=1": [run(0, [1, 2, 3]), run(1, [1, 2, 3])], "N=2": [run(0, [1, 2])], "x": [run(0, [4])]}
+    )
+    drawn = [ax for ax in fig.axes if ax.lines]
+    assert [ax.get_title() for ax in drawn] == ["N=1 (2 seeds)", "N=2 (1 seed)"]
+    assert [line.get_label() for line in drawn[0].lines] == ["k=1", "k=2", "k=3"]
+    # the mean over seeds at each token count, against millions of tokens
+    line = drawn[0].lines[1]
+    assert list(line.get_xdata()) == [1e-4, 2e-4]
+    assert list(line.get_ydata()) == pytest.approx([0.2, 0.4 + 0.5])

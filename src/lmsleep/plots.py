@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -28,7 +28,7 @@ def rule110_figure(samples: Sequence[dict[str, Any]], predictions: Sequence[Sequ
     """
     from lmsleep.data.rule110 import rule110_step
 
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     n_states = len(samples[0]["states"])
@@ -73,7 +73,7 @@ def depth_bar_figure(
     ``depth_name`` is any bucket axis: a task's depth (``acc@t=4``) or the window within a text sequence
     (``bpb@window=3``). ``ylim=None`` scales the axis from 0 to the data (bits per byte have no upper bound).
     """
-    plt = _pyplot()
+    plt = pyplot()
     prefix = f"{metric}@{depth_name}="
     points = sorted((int(k.split("=")[-1]), float(v)) for k, v in metrics.items() if k.startswith(prefix))
     fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * len(points) + 1.5), 2.6))

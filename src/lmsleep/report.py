@@ -7,15 +7,8 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
 
 - ``<out>/summary.md``: per configuration (runs that differ only in their seed), the final and the best value
   of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained;
-- ``<out>/curves.png``: validation exact and per-answer accuracy (text runs: bits per byte and loss) against
-  training tokens, one line per configuration (the mean over seeds, shaded between the seeds' min and max);
-- ``<out>/final.png``: final test exact accuracy (text runs: bits per byte) per configuration (mean over
-  seeds, each seed a dot);
-- ``<out>/depth.png``: test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration;
-- ``<out>/window.png`` (text runs): test bits per byte against the window index within the sequence.
-
-The figure functions return matplotlib figures (``notebooks/results.ipynb`` draws them from ``raw/``);
-:func:`build` saves them.
+- ``<out>/<figure>.png``: the figures of :mod:`lmsleep.study_figures` (``curves``, ``buckets``, ``final``,
+  ``depth``, ``window``), each where the runs logged what it draws.
 
 Tokens are ``step x batch_size x (the task's max_length, or a text run's seq_len)`` summed over devices, i.e.
 the tokens the model was trained on including padding.
@@ -31,6 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lmsleep.plots import pyplot
+from lmsleep.study_figures import figures
 from lmsleep.utils.config import ConfigError
 
 FINAL_METRICS = (
@@ -39,8 +34,6 @@ FINAL_METRICS = (
 )
 # Metrics whose best value is the smallest (the others are accuracies).
 LOWER_IS_BETTER = ("loss", "bpb", "bpt")
-DEPTH_TAG = re.compile(r"^test/acc_exact@(\w+)=(\d+)$")
-WINDOW_TAG = re.compile(r"^test/bpb@(window)=(\d+)$")
 # The settings of a text run that decide its data (a task's are its task node).
 TEXT_SETTINGS = ("paths", "glob", "exclude", "format", "tokenizer", "seq_len", "pack", "window")
 
@@ -197,131 +190,13 @@ def summary_table(groups: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def curves_figure(groups: dict[str, list[dict[str, Any]]]):
-    """Validation exact and per-answer accuracy against training tokens, one line per configuration."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    tags = {tag for runs in groups.values() for r in runs for tag in r["series"]}
-    metrics = (
-        ("val/acc_exact", "val/acc")
-        if "val/acc" in tags or "val/bpb" not in tags
-        else ("val/bpb", "val/loss")
-    )
-    for ax, metric in zip(axes, metrics, strict=True):
-        for label, runs in groups.items():
-            have = [r["series"][metric] for r in runs if metric in r["series"]]
-            if not have:
-                continue
-            by_tokens: dict[int, list[float]] = defaultdict(list)
-            for s in have:
-                for _, tokens, value in s:
-                    by_tokens[tokens].append(value)
-            xs = sorted(by_tokens)
-            ax.plot([x / 1e6 for x in xs], [statistics.fmean(by_tokens[x]) for x in xs], label=label)
-            if len(have) > 1:
-                ax.fill_between(
-                    [x / 1e6 for x in xs],
-                    [min(by_tokens[x]) for x in xs],
-                    [max(by_tokens[x]) for x in xs],
-                    alpha=0.2,
-                )
-        ax.set(xlabel="training tokens (M)", ylabel=metric, title=f"{metric} against tokens")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def final_figure(groups: dict[str, list[dict[str, Any]]], metric: str = "test/acc_exact"):
-    """``metric`` at the end of each configuration's runs: a bar at the seeds' mean, a dot per seed.
-
-    Returns None when no run logged ``metric``.
-    """
-    rows = [
-        (label, [r["series"][metric][-1][2] for r in runs if metric in r["series"]])
-        for label, runs in groups.items()
-    ]
-    rows = [(label, values) for label, values in rows if values]
-    if not rows:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    positions = list(range(len(rows)))
-    ax.barh(positions, [statistics.fmean(v) for _, v in rows], color="#9ecae1")
-    for y, (_, values) in zip(positions, rows, strict=True):
-        ax.plot(values, [y] * len(values), "o", color="#08519c", markersize=4)
-    ax.set_yticks(positions, [label for label, _ in rows], fontsize=7)
-    ax.invert_yaxis()
-    ax.set(xlabel=f"final {metric} (bar: mean over seeds; dots: seeds)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def depth_figure(
-    groups: dict[str, list[dict[str, Any]]],
-    pattern: re.Pattern = DEPTH_TAG,
-    what: str = "test exact accuracy",
-    axis: str = "depth",
-    join_sweeps: bool = True,
-):
-    """The final values of the tags ``pattern`` matches against their bucket (a task's depth, or the window
-    index of text runs), one line per configuration, or per base configuration with ``join_sweeps`` (a depth
-    sweep's runs, one depth each, join into one curve); None when no line has two buckets."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    axis_name = None
-    by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for group, runs in groups.items():
-        for r in runs:
-            for tag, s in r["series"].items():
-                match = pattern.match(tag)
-                if match:
-                    axis_name = match.group(1)
-                    by_base[r["base"] if join_sweeps else group][int(match.group(2))].append(s[-1][2])
-    for label, by_depth in sorted(by_base.items()):
-        if by_depth:
-            xs = sorted(by_depth)
-            ax.plot(xs, [statistics.fmean(by_depth[x]) for x in xs], "o-", label=label)
-    if axis_name is None or max(len(d) for d in by_base.values()) < 2:  # no curve: nothing to draw
-        plt.close(fig)
-        return None
-    ax.set(
-        xlabel=f"{axis} {axis_name}" if axis != axis_name else axis, ylabel=what, title=f"{what} by {axis}"
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def figures(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Every figure of a study by name (None where its runs logged nothing for it)."""
-    text = any("test/bpb" in r["series"] for runs in groups.values() for r in runs)
-    return {
-        "curves": curves_figure(groups),
-        "final": final_figure(groups, "test/bpb" if text else "test/acc_exact"),
-        "depth": depth_figure(groups),
-        "window": depth_figure(groups, WINDOW_TAG, "test bits per byte", "window", join_sweeps=False),
-    }
-
-
 def build(raw: Path, out: Path) -> list[Path]:
     """Tables and plots from the raw files in ``raw``; returns the files written."""
     groups = load_raw(raw)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(summary_table(groups))
     written = [out / "summary.md"]
-    plt = _pyplot()
+    plt = pyplot()
     for name, fig in figures(groups).items():
         if fig is not None:
             fig.savefig(out / f"{name}.png", dpi=110)

@@ -1,0 +1,188 @@
+"""The figures of a study (``lmsleep report``, ``notebooks/results.ipynb``), drawn from runs loaded by
+:func:`lmsleep.report.load_raw`: ``{configuration label: [{"seed", "meta", "series": {tag: [(step, tokens,
+value)]}}]}``.
+
+- ``curves``: validation exact and per-answer accuracy (text runs: bits per byte and loss) against training
+  tokens, one line per configuration (the mean over seeds, shaded between the seeds' min and max);
+- ``buckets``: validation exact accuracy of each depth bucket (``val/acc_exact@k=K``) against training tokens,
+  one panel per configuration, for runs whose samples mix depths (Depo's per-query k, the paper's Fig. 3);
+- ``final``: final test exact accuracy (text runs: bits per byte) per configuration, a dot per seed;
+- ``depth``: final test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration;
+- ``window`` (text runs): test bits per byte against the window index within the sequence.
+
+Each function returns a matplotlib figure, or None when the runs logged nothing it draws.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from lmsleep.plots import pyplot
+
+DEPTH_TAG = re.compile(r"^test/acc_exact@(\w+)=(\d+)$")
+VAL_DEPTH_TAG = re.compile(r"^val/acc_exact@(\w+)=(\d+)$")
+WINDOW_TAG = re.compile(r"^test/bpb@(window)=(\d+)$")
+
+
+def _mean_curve(
+    series: list[list[tuple[int, int, float]]],
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Millions of tokens, and the mean, min and max over runs of the value logged at each token count."""
+    by_tokens: dict[int, list[float]] = defaultdict(list)
+    for s in series:
+        for _, tokens, value in s:
+            by_tokens[tokens].append(value)
+    xs = sorted(by_tokens)
+    return (
+        [x / 1e6 for x in xs],
+        [statistics.fmean(by_tokens[x]) for x in xs],
+        [min(by_tokens[x]) for x in xs],
+        [max(by_tokens[x]) for x in xs],
+    )
+
+
+def curves_figure(groups: dict[str, list[dict[str, Any]]]):
+    """Validation exact and per-answer accuracy against training tokens, one line per configuration."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    tags = {tag for runs in groups.values() for r in runs for tag in r["series"]}
+    metrics = (
+        ("val/acc_exact", "val/acc")
+        if "val/acc" in tags or "val/bpb" not in tags
+        else ("val/bpb", "val/loss")
+    )
+    for ax, metric in zip(axes, metrics, strict=True):
+        for label, runs in groups.items():
+            have = [r["series"][metric] for r in runs if metric in r["series"]]
+            if not have:
+                continue
+            xs, mean, low, high = _mean_curve(have)
+            ax.plot(xs, mean, label=label)
+            if len(have) > 1:
+                ax.fill_between(xs, low, high, alpha=0.2)
+        ax.set(xlabel="training tokens (M)", ylabel=metric, title=f"{metric} against tokens")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
+def bucket_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pattern = VAL_DEPTH_TAG):
+    """Validation exact accuracy per depth bucket against training tokens: one panel per configuration whose
+    runs logged at least two buckets, one line per bucket (the mean over seeds); None when none did."""
+    panels = []
+    for label, runs in groups.items():
+        buckets: dict[int, list[list[tuple[int, int, float]]]] = defaultdict(list)
+        axis_name = ""
+        for r in runs:
+            for tag, s in r["series"].items():
+                match = pattern.match(tag)
+                if match:
+                    axis_name = match.group(1)
+                    buckets[int(match.group(2))].append(s)
+        if len(buckets) >= 2:
+            panels.append((label, axis_name, dict(sorted(buckets.items()))))
+    if not panels:
+        return None
+    plt = pyplot()
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    colours = plt.get_cmap("viridis")
+    for ax, (label, axis_name, buckets) in zip(axes.flat, panels, strict=False):  # spare panels stay blank
+        for i, (bucket, series) in enumerate(buckets.items()):
+            xs, mean, _, _ = _mean_curve(series)
+            ax.plot(xs, mean, color=colours(i / max(1, len(buckets) - 1)), label=f"{axis_name}={bucket}")
+        ax.set(xlabel="training tokens (M)", title=f"{label} ({_seeds(len(next(iter(buckets.values()))))})")
+        ax.title.set_fontsize(8)
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("val exact accuracy")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def final_figure(groups: dict[str, list[dict[str, Any]]], metric: str = "test/acc_exact"):
+    """``metric`` at the end of each configuration's runs: a bar at the seeds' mean, a dot per seed.
+
+    Returns None when no run logged ``metric``.
+    """
+    rows = [
+        (label, [r["series"][metric][-1][2] for r in runs if metric in r["series"]])
+        for label, runs in groups.items()
+    ]
+    rows = [(label, values) for label, values in rows if values]
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    positions = list(range(len(rows)))
+    ax.barh(positions, [statistics.fmean(v) for _, v in rows], color="#9ecae1")
+    for y, (_, values) in zip(positions, rows, strict=True):
+        ax.plot(values, [y] * len(values), "o", color="#08519c", markersize=4)
+    ax.set_yticks(positions, [label for label, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"final {metric} (bar: mean over seeds; dots: seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def depth_figure(
+    groups: dict[str, list[dict[str, Any]]],
+    pattern: re.Pattern = DEPTH_TAG,
+    what: str = "test exact accuracy",
+    axis: str = "depth",
+    join_sweeps: bool = True,
+):
+    """The final values of the tags ``pattern`` matches against their bucket (a task's depth, or the window
+    index of text runs), one line per configuration, or per base configuration with ``join_sweeps`` (a depth
+    sweep's runs, one depth each, join into one curve); None when no line has two buckets."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    axis_name = None
+    by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for group, runs in groups.items():
+        for r in runs:
+            for tag, s in r["series"].items():
+                match = pattern.match(tag)
+                if match:
+                    axis_name = match.group(1)
+                    by_base[r["base"] if join_sweeps else group][int(match.group(2))].append(s[-1][2])
+    for label, by_depth in sorted(by_base.items()):
+        if by_depth:
+            xs = sorted(by_depth)
+            ax.plot(xs, [statistics.fmean(by_depth[x]) for x in xs], "o-", label=label)
+    if axis_name is None or max(len(d) for d in by_base.values()) < 2:  # no curve: nothing to draw
+        plt.close(fig)
+        return None
+    ax.set(
+        xlabel=f"{axis} {axis_name}" if axis != axis_name else axis, ylabel=what, title=f"{what} by {axis}"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def figures(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Every figure of a study by name (None where its runs logged nothing for it)."""
+    text = any("test/bpb" in r["series"] for runs in groups.values() for r in runs)
+    return {
+        "curves": curves_figure(groups),
+        "buckets": bucket_curves_figure(groups),
+        "final": final_figure(groups, "test/bpb" if text else "test/acc_exact"),
+        "depth": depth_figure(groups),
+        "window": depth_figure(groups, WINDOW_TAG, "test bits per byte", "window", join_sweeps=False),
+    }
