@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import textwrap
 from collections import defaultdict
 from typing import Any
 
@@ -101,7 +102,10 @@ def bucket_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pa
         for i, (bucket, series) in enumerate(buckets.items()):
             xs, mean, _, _ = _mean_curve(series)
             ax.plot(xs, mean, color=colours(i / max(1, len(buckets) - 1)), label=f"{axis_name}={bucket}")
-        ax.set(xlabel="training tokens (M)", title=f"{label} ({_seeds(len(next(iter(buckets.values()))))})")
+        ax.set(
+            xlabel="training tokens (M)",
+            title=textwrap.fill(f"{label} ({_seeds(len(next(iter(buckets.values()))))})", 48),
+        )
         ax.title.set_fontsize(8)
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
