@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from lmsleep.cli import newest_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 DONE, ATTEMPTS = "queue_done.json", "queue.jsonl"
 PREEMPTED = (143, 138)  # SIGTERM, SIGUSR1: the fit saved a checkpoint and can resume
@@ -94,15 +96,14 @@ def _dirty() -> bool:
     return bool(status.stdout.strip())
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    found = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+def run_dir(log_dir: Path, overrides: list[str]) -> Path:
+    return log_dir / "queue" / run_name(overrides)
 
 
-def plan(run_dir: Path) -> str:
-    if (run_dir / DONE).is_file():
+def plan(folder: Path) -> str:
+    if (folder / DONE).is_file():
         return "done"
-    return "resume" if newest_checkpoint(run_dir) else "start"
+    return "resume" if newest_checkpoint([folder]) else "start"
 
 
 class Queue:
@@ -117,15 +118,15 @@ class Queue:
             os.killpg(self.child.pid, signal.SIGTERM)  # the fit's preemption handler saves a checkpoint
 
     def run(self, overrides: list[str]) -> int:
-        run_dir = self.log_dir / "queue" / run_name(overrides)
-        args = [*overrides, f"paths.log_dir={self.log_dir}", f"hydra.run.dir={run_dir}"]
-        ckpt = newest_checkpoint(run_dir)
+        folder = run_dir(self.log_dir, overrides)
+        args = [*overrides, f"paths.log_dir={self.log_dir}", f"hydra.run.dir={folder}"]
+        ckpt = newest_checkpoint([folder])
         if ckpt is not None:
             args.append(f"ckpt_path={ckpt}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(self.tree / "src")}
         start = time.time()
-        with open(run_dir / "queue.out", "a") as out:
+        with open(folder / "queue.out", "a") as out:
             self.child = subprocess.Popen(
                 [sys.executable, "-m", "lmsleep", "fit", *args],
                 cwd=self.tree,
@@ -143,10 +144,10 @@ class Queue:
             "seconds": round(time.time() - start, 1),
             "ended": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        with open(run_dir / ATTEMPTS, "a") as f:
+        with open(folder / ATTEMPTS, "a") as f:
             f.write(json.dumps(record) + "\n")
         if rc == 0:
-            (run_dir / DONE).write_text(json.dumps(record, indent=1) + "\n")
+            (folder / DONE).write_text(json.dumps(record, indent=1) + "\n")
         return rc
 
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.log_dir.expanduser().resolve()
     if args.dry_run:
         for overrides in runs:
-            print(f"{plan(log_dir / 'queue' / run_name(overrides)):<6}  {' '.join(overrides)}")
+            print(f"{plan(run_dir(log_dir, overrides)):<6}  {' '.join(overrides)}")
         return 0
     tree, sha = pinned_tree(args.rev)
     queue = Queue(tree, sha, log_dir)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, queue.stop)
     failed = 0
     for overrides in runs:
-        what = plan(log_dir / "queue" / run_name(overrides))
+        what = plan(run_dir(log_dir, overrides))
         print(f"[{time.strftime('%H:%M:%S')}] {what:<6}  {' '.join(overrides)}", flush=True)
         if what == "done":
             continue

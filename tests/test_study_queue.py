@@ -62,7 +62,7 @@ def test_finished_runs_are_skipped_and_an_unfinished_one_resumes(tmp_path, monke
     q = tmp_path / "q.txt"
     q.write_text(" ".join(RUN) + "\n")
     logs = tmp_path / "logs"
-    run_dir = logs / "queue" / study_queue.run_name(RUN)
+    run_dir = study_queue.run_dir(logs, RUN)
     assert study_queue.main([str(q), "--log-dir", str(logs), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("start")
 

@@ -205,13 +205,20 @@ def find_last_checkpoint(args: list[str]) -> Path:
             ) from exc
         base = Path(str(cfg.paths.log_dir)) / str(cfg.task_name) / "runs"
         roots, where = sorted(base.glob("*")), str(base)
-    found = [p for r in roots for p in (*r.glob("checkpoints/*.ckpt"), *r.glob("hpc_ckpt_*.ckpt"))]
-    if not found:
+    found = newest_checkpoint(roots)
+    if found is None:
         raise ConfigError(
             f"ckpt_path=last: no checkpoint found under {where}; pass the experiment (or task_name) of the run "
             "to resume, ckpt_path=PATH, or no ckpt_path to start a new run"
         )
-    return max(found, key=lambda p: p.stat().st_mtime_ns)
+    return found
+
+
+def newest_checkpoint(run_dirs: list[Path]) -> Path | None:
+    """The newest ``.ckpt`` (by modification time) that ``lmsleep fit`` saved in any of ``run_dirs``: the
+    ModelCheckpoint files under ``checkpoints/`` and Lightning's ``hpc_ckpt_*.ckpt`` of a preempted run."""
+    found = [p for r in run_dirs for p in (*r.glob("checkpoints/*.ckpt"), *r.glob("hpc_ckpt_*.ckpt"))]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def _last_value(args: list[str], key: str) -> str | None:
