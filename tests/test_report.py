@@ -168,3 +168,31 @@ def test_bucket_curves_draw_one_panel_per_configuration_with_mixed_depths_and_on
     line = drawn[0].lines[1]
     assert list(line.get_xdata()) == [1e-4, 2e-4]
     assert list(line.get_ydata()) == pytest.approx([0.2, 0.4 + 0.5])
+
+
+def test_report_warns_about_a_run_without_test_metrics(two_runs, tmp_path, capsys):
+    """A run still going (or stopped) has no test/ scalars: report says so and still draws its curves."""
+    import shutil
+
+    run = tmp_path / "unfinished"
+    shutil.copytree(two_runs[0][0], run)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    for events in run.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        kept = [
+            (tag, e) for tag in acc.Tags()["scalars"] if not tag.startswith("test/") for e in acc.Scalars(tag)
+        ]
+        folder = events.parent
+        events.unlink()
+        with SummaryWriter(str(folder)) as writer:
+            for tag, e in kept:
+                writer.add_scalar(tag, e.value, e.step)
+    report([str(run)], str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert f"{run} has no test metrics" in err and "stopped at step 4" in err
+    assert (tmp_path / "out" / "curves.png").is_file()
+    report([str(d) for d, _ in two_runs], str(tmp_path / "finished"))
+    assert "no test metrics" not in capsys.readouterr().err

@@ -20,6 +20,7 @@ import csv
 import json
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,13 @@ def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
     scalars = read_scalars(run_dir)
     if not scalars:
         raise ConfigError(f"{run_dir} holds no TensorBoard scalars (was it run with logger=tensorboard?)")
+    if not any(tag.startswith("test/") for _, tag, _ in scalars):
+        last = max(step for step, _, _ in scalars)
+        print(
+            f"lmsleep report: warning: {run_dir} has no test metrics (still running, or stopped at step {last}); "
+            "its curves are included, its final values are its last validation",
+            file=sys.stderr,
+        )
     meta["run_dir"] = str(run_dir)
     per_step = meta["settings"]["tokens_per_step"]
     with open(raw / f"{name}.csv", "w", newline="") as f:
