@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import statistics
 import sys
@@ -226,8 +227,10 @@ def report(paths: list[str], out: str = "results") -> list[Path]:
         return build(dirs[0], out_dir)  # committed raw files: reproduce the tables and plots
     raw = out_dir / "raw"
     raw.mkdir(parents=True, exist_ok=True)
+    # a run's raw files are named after its folder below the runs' common parent folder
+    common = Path(os.path.commonpath([d.resolve().parent for d in dirs]))
     for d in dirs:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(d.resolve().relative_to(d.resolve().anchor)))[-120:]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(d.resolve().relative_to(common)))[-200:].lstrip("-_.")
         write_raw(d, raw, name)
     return build(raw, out_dir)
 
