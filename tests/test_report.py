@@ -196,3 +196,33 @@ def test_report_warns_about_a_run_without_test_metrics(two_runs, tmp_path, capsy
     assert (tmp_path / "out" / "curves.png").is_file()
     report([str(d) for d, _ in two_runs], str(tmp_path / "finished"))
     assert "no test metrics" not in capsys.readouterr().err
+
+
+def test_runs_that_differ_in_their_budget_are_separate_configurations_not_seeds(tmp_path):
+    from lmsleep.report import load_raw
+
+    def write(name, seed, max_steps):
+        meta = {
+            "label": "d hybrid N=1",
+            "seed": seed,
+            "settings": {"task_name": "d", "data": {"hops": [1, 8]}},
+        }
+        if max_steps is not None:
+            meta["settings"]["max_steps"] = max_steps
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+        (tmp_path / f"{name}.csv").write_text("step,tokens,tag,value\n10,100,val/acc,0.5\n")
+
+    write("a", 0, 1000)
+    write("b", 1, 1000)
+    write("c", 0, 4000)
+    groups = load_raw(tmp_path)
+    assert {label: len(runs) for label, runs in groups.items()} == {
+        "d hybrid N=1 max_steps=1000": 2,
+        "d hybrid N=1 max_steps=4000": 1,
+    }
+    # raw files written before the budget was recorded group as before
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.json").unlink()
+    write("a", 0, None)
+    write("b", 1, None)
+    assert {label: len(runs) for label, runs in load_raw(tmp_path).items()} == {"d hybrid N=1": 2}

@@ -65,6 +65,7 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         "window": sleep.get("window"),
         "dim": model.get("dim"),
         "tokens_per_step": int(data["batch_size"]) * length * world,
+        "max_steps": cfg["trainer"].get("max_steps"),
         "data": data_settings,
     }
     label = f"{settings['task_name']} {kind}" + (f" N={settings['passes']}" if kind == "hybrid" else "")
@@ -129,15 +130,16 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
         runs.append({"seed": meta["seed"], "meta": meta, "series": dict(series), "base": meta["label"]})
     if not runs:
         raise ConfigError(f"{raw} holds no raw run files (<run>.json and <run>.csv)")
-    # Runs with one label that differ in a data setting (a depth sweep) are separate configurations.
-    # A setting that varies anywhere within one study (one task_name) names the value in every label of that
-    # study, also where a configuration ran at one value only (an N = 2 probe at one depth of a sweep).
+    # Runs with one label that differ in a data setting (a depth sweep) or in their budget (max_steps) are
+    # separate configurations. A setting that varies anywhere within one study (one task_name) names the
+    # value in every label of that study, also where a configuration ran at one value only (an N = 2 probe at
+    # one depth of a sweep).
     by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         by_study[str(run["meta"]["settings"].get("task_name"))].append(run)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for members in by_study.values():
-        data = [m["meta"]["settings"]["data"] for m in members]
+        data = [_grouping_settings(m["meta"]["settings"]) for m in members]
         varying = sorted(
             k for k in data[0] if any(json.dumps(d.get(k)) != json.dumps(data[0][k]) for d in data)
         )
@@ -145,6 +147,12 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
             suffix = ", ".join(f"{k}={d.get(k)}" for k in varying)
             groups[f"{run['base']} {suffix}" if suffix else run["base"]].append(run)
     return dict(sorted(groups.items()))
+
+
+def _grouping_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings whose differences make two runs of one label separate configurations, not seeds."""
+    budget = {"max_steps": settings["max_steps"]} if "max_steps" in settings else {}
+    return {**settings["data"], **budget}
 
 
 def _tokens_trained(runs: list[dict[str, Any]]) -> int:
