@@ -226,3 +226,21 @@ def test_runs_that_differ_in_their_budget_are_separate_configurations_not_seeds(
     write("a", 0, None)
     write("b", 1, None)
     assert {label: len(runs) for label, runs in load_raw(tmp_path).items()} == {"d hybrid N=1": 2}
+
+
+def test_runs_that_differ_in_their_layout_are_separate_configurations(tmp_path):
+    from lmsleep.report import load_raw
+
+    def write(name, seed, layout):
+        settings = {"task_name": "d", "max_steps": 1000, "layout": layout, "data": {"hops": [1, 2]}}
+        meta = {"label": "d hybrid N=2", "seed": seed, "settings": settings}
+        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+        (tmp_path / f"{name}.csv").write_text("step,tokens,tag,value\n10,100,val/acc,0.5\n")
+
+    write("a", 0, "attn,ssm,attn,ssm")
+    write("b", 1, "attn,ssm,attn,ssm")
+    write("c", 0, "attn,ssm")
+    assert {label: len(runs) for label, runs in load_raw(tmp_path).items()} == {
+        "d hybrid N=2 layout=attn,ssm": 1,
+        "d hybrid N=2 layout=attn,ssm,attn,ssm": 2,
+    }

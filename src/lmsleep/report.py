@@ -64,6 +64,7 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         "eviction": sleep.get("eviction", "none"),
         "window": sleep.get("window"),
         "dim": model.get("dim"),
+        "layout": str(layout),
         "tokens_per_step": int(data["batch_size"]) * length * world,
         "max_steps": cfg["trainer"].get("max_steps"),
         "data": data_settings,
@@ -141,7 +142,9 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
     for members in by_study.values():
         data = [_grouping_settings(m["meta"]["settings"]) for m in members]
         varying = sorted(
-            k for k in data[0] if any(json.dumps(d.get(k)) != json.dumps(data[0][k]) for d in data)
+            k
+            for k in set().union(*data)
+            if any(json.dumps(d.get(k)) != json.dumps(data[0].get(k)) for d in data)
         )
         for run, d in zip(members, data, strict=True):
             suffix = ", ".join(f"{k}={d.get(k)}" for k in varying)
@@ -151,8 +154,9 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
 
 def _grouping_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings whose differences make two runs of one label separate configurations, not seeds."""
-    budget = {"max_steps": settings["max_steps"]} if "max_steps" in settings else {}
-    return {**settings["data"], **budget}
+    # max_steps and layout were recorded later: raw files without them group as before
+    model = {k: settings[k] for k in ("max_steps", "layout") if k in settings}
+    return {**settings["data"], **model}
 
 
 def _tokens_trained(runs: list[dict[str, Any]]) -> int:
