@@ -198,19 +198,19 @@ def test_report_warns_about_a_run_without_test_metrics(two_runs, tmp_path, capsy
     assert "no test metrics" not in capsys.readouterr().err
 
 
+def write_raw(folder: Path, name: str, label: str, seed: int, settings: dict) -> None:
+    """A raw run file pair (``<name>.json``, ``<name>.csv``) of study ``d`` with one validation point."""
+    meta = {"label": label, "seed": seed, "settings": {"task_name": "d", **settings}}
+    (folder / f"{name}.json").write_text(json.dumps(meta))
+    (folder / f"{name}.csv").write_text("step,tokens,tag,value\n10,100,val/acc,0.5\n")
+
+
 def test_runs_that_differ_in_their_budget_are_separate_configurations_not_seeds(tmp_path):
     from lmsleep.report import load_raw
 
     def write(name, seed, max_steps):
-        meta = {
-            "label": "d hybrid N=1",
-            "seed": seed,
-            "settings": {"task_name": "d", "data": {"hops": [1, 8]}},
-        }
-        if max_steps is not None:
-            meta["settings"]["max_steps"] = max_steps
-        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
-        (tmp_path / f"{name}.csv").write_text("step,tokens,tag,value\n10,100,val/acc,0.5\n")
+        budget = {} if max_steps is None else {"max_steps": max_steps}
+        write_raw(tmp_path, name, "d hybrid N=1", seed, {"data": {"hops": [1, 8]}, **budget})
 
     write("a", 0, 1000)
     write("b", 1, 1000)
@@ -232,10 +232,8 @@ def test_runs_that_differ_in_their_layout_are_separate_configurations(tmp_path):
     from lmsleep.report import load_raw
 
     def write(name, seed, layout):
-        settings = {"task_name": "d", "max_steps": 1000, "layout": layout, "data": {"hops": [1, 2]}}
-        meta = {"label": "d hybrid N=2", "seed": seed, "settings": settings}
-        (tmp_path / f"{name}.json").write_text(json.dumps(meta))
-        (tmp_path / f"{name}.csv").write_text("step,tokens,tag,value\n10,100,val/acc,0.5\n")
+        settings = {"max_steps": 1000, "layout": layout, "data": {"hops": [1, 2]}}
+        write_raw(tmp_path, name, "d hybrid N=2", seed, settings)
 
     write("a", 0, "attn,ssm,attn,ssm")
     write("b", 1, "attn,ssm,attn,ssm")

@@ -155,8 +155,8 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
 def _grouping_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings whose differences make two runs of one label separate configurations, not seeds."""
     # max_steps and layout were recorded later: raw files without them group as before
-    model = {k: settings[k] for k in ("max_steps", "layout") if k in settings}
-    return {**settings["data"], **model}
+    recorded_later = {k: settings[k] for k in ("max_steps", "layout") if k in settings}
+    return {**settings["data"], **recorded_later}
 
 
 def _tokens_trained(runs: list[dict[str, Any]]) -> int:
