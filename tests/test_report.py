@@ -149,6 +149,33 @@ def test_best_value_is_the_smallest_for_losses_and_bits_and_the_largest_for_accu
     assert rows["val/acc"].endswith("| 0.800 [0.800, 0.800] | 0.900 [0.900, 0.900] |")
 
 
+def test_bucket_table_gives_each_depth_its_final_test_metrics_over_seeds():
+    from lmsleep.report import bucket_table, summary_table
+
+    def run(seed, acc_k2):
+        series = {
+            "test/acc@k=1": [(30, 300, 0.9)],
+            "test/acc@k=2": [(30, 300, acc_k2)],
+            "test/acc_exact@k=2": [(30, 300, acc_k2 / 2)],
+            "val/acc@k=2": [(10, 100, 0.0), (30, 300, 1.0)],  # validation buckets are not in the table
+            "test/acc": [(30, 300, 0.5)],
+        }
+        return {"seed": seed, "series": series}
+
+    table = bucket_table({"N=2": [run(0, 0.2), run(1, 0.4)], "plain": [{"seed": 0, "series": {}}]})
+    rows = [line for line in table.splitlines() if line.startswith("| N=2")]
+    assert table.splitlines()[0] == "| configuration | seeds | tokens | bucket | test/acc | test/acc_exact |"
+    assert rows == [
+        "| N=2 | 2 | 0.0M | k=1 | 0.900 [0.900, 0.900] |  |",
+        "| N=2 | 2 | 0.0M | k=2 | 0.300 [0.200, 0.400] | 0.150 [0.100, 0.200] |",
+    ]
+    assert "| plain |" not in table
+    assert table in summary_table({"N=2": [run(0, 0.2), run(1, 0.4)]})
+    # no run logged a bucket: neither the table nor its heading
+    assert bucket_table({"plain": [run(0, 0.2) | {"series": {"test/acc": [(1, 1, 0.5)]}}]}) == ""
+    assert "per bucket" not in summary_table({"plain": [{"seed": 0, "series": {"test/acc": [(1, 1, 0.5)]}}]})
+
+
 def test_bucket_curves_draw_one_panel_per_configuration_with_mixed_depths_and_one_line_per_bucket():
     from lmsleep.study_figures import bucket_curves_figure
 

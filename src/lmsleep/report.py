@@ -6,7 +6,8 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
 ``lmsleep report <out>/raw out=<out>`` reproduces the tables and plots exactly from committed raw metrics:
 
 - ``<out>/summary.md``: per configuration (runs that differ only in their seed), the final and the best value
-  of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained;
+  of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained, and the
+  final test metrics of each depth bucket (``test/acc@k=2``; a text run's ``@window=``) the same way;
 - ``<out>/<figure>.png``: the figures of :mod:`lmsleep.study_figures` (``curves``, ``buckets``, ``final``,
   ``depth``, ``window``), each where the runs logged what it draws.
 
@@ -34,6 +35,8 @@ FINAL_METRICS = (
     *("val/acc", "val/acc_exact", "val/loss", "val/bpb"),
     *("test/acc", "test/acc_exact", "test/loss", "test/bpb"),
 )
+# A test metric of one bucket: its depth (Depo's k, Rule 110's t, GSM's ops) or a text run's window index.
+BUCKET_TAG = re.compile(r"^test/(\w+)@(\w+)=(\d+)$")
 # Metrics whose best value is the smallest (the others are accuracies).
 LOWER_IS_BETTER = ("loss", "bpb", "bpt")
 # The settings of a text run that decide its data (a task's are its task node).
@@ -186,11 +189,52 @@ def headline_table(groups: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def bucket_table(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """One row per configuration and bucket: the final test metrics of that bucket, mean [min, max] over
+    seeds; empty when no run logged bucket metrics."""
+    # {label: {(axis, bucket): {metric: [final value of each seed]}}}
+    cells: dict[str, dict[tuple[str, int], dict[str, list[float]]]] = {}
+    metrics: set[str] = set()
+    for label, runs in groups.items():
+        for r in runs:
+            for tag, s in r["series"].items():
+                if match := BUCKET_TAG.match(tag):
+                    metric, axis, bucket = match.group(1), match.group(2), int(match.group(3))
+                    metrics.add(metric)
+                    by_bucket = cells.setdefault(label, {}).setdefault((axis, bucket), {})
+                    by_bucket.setdefault(metric, []).append(s[-1][2])
+    if not cells:
+        return ""
+    order = [m for m in ("acc", "acc_exact", "loss", "bpb") if m in metrics] + sorted(
+        metrics - {"acc", "acc_exact", "loss", "bpb"}
+    )
+    lines = [
+        "| configuration | seeds | tokens | bucket | " + " | ".join(f"test/{m}" for m in order) + " |",
+        "|---|---|---|---|" + "---|" * len(order),
+    ]
+    for label, by_bucket in cells.items():
+        tokens = _tokens_trained(groups[label])
+        for (axis, bucket), values in sorted(by_bucket.items()):
+            seeds = max(len(v) for v in values.values())
+            row = " | ".join(_stats(values[m]) if m in values else "" for m in order)
+            lines.append(f"| {label} | {seeds} | {tokens / 1e6:.1f}M | {axis}={bucket} | {row} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_table(groups: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         "Final test metrics per configuration: mean [min, max] over seeds.",
         "",
         headline_table(groups),
+        *(
+            [
+                "Final test metrics per bucket (a task's depth, or a text run's window): mean [min, max] over seeds.",
+                "",
+                table,
+            ]
+            if (table := bucket_table(groups))
+            else []
+        ),
         "Final and best value of each metric: mean [min, max] over seeds.",
         "",
         "| configuration | seeds | tokens | metric | final | best |",
