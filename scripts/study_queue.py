@@ -25,6 +25,7 @@ a checkpoint) and then the queue.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -62,11 +63,19 @@ def read_queue(path: Path) -> list[list[str]]:
     return runs
 
 
-def run_name(overrides: list[str]) -> str:
+def run_name(overrides: list[str], limit: int = 200) -> str:
     """A folder name that says what the run is: its overrides joined by ``_``, with ``key-value`` for
-    ``key=value`` and any other character Hydra's override grammar would trip on made ``-``."""
+    ``key=value`` and any other character Hydra's override grammar would trip on made ``-``. A name longer
+    than ``limit`` keeps its start and its end (where the seed is) around a hash of the whole: cutting it
+    short would give runs that differ only in their last override (``seed=0``, ``seed=1``) one folder."""
     name = "_".join(overrides).replace("=", "-").replace(",", "+")
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-")[:200]
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "-", name).strip("-")
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    head = (limit - len(digest) - 2) * 2 // 3
+    tail = limit - len(digest) - 2 - head
+    return f"{name[:head]}-{digest}-{name[-tail:]}"
 
 
 def pinned_tree(rev: str | None) -> tuple[Path, str]:

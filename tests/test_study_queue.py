@@ -44,6 +44,13 @@ def test_run_names_are_fixed_folder_names():
     name = study_queue.run_name(["experiment=text_stdlib_sleep", "data.paths=[/a/b c]", "seed=1"])
     assert name == "experiment-text_stdlib_sleep_data.paths--a-b-c-_seed-1"
     assert name == study_queue.run_name(["experiment=text_stdlib_sleep", "data.paths=[/a/b c]", "seed=1"])
+    # long names keep their start and end, and runs that differ only in their last override stay apart
+    long = ["experiment=study_gsm_sleep", *(f"data.task.setting_{i}=[{i},{i + 1}]" for i in range(12))]
+    names = [study_queue.run_name([*long, f"seed={seed}"]) for seed in (0, 1, 10)]
+    assert len(set(names)) == 3 and all(len(n) == 200 for n in names)
+    assert all(n.startswith("experiment-study_gsm_sleep_data.task.setting_0") for n in names)
+    assert [n[-7:] for n in names] == ["_seed-0", "_seed-1", "seed-10"]
+    assert names[0] == study_queue.run_name([*long, "seed=0"])
 
 
 def test_finished_runs_are_skipped_and_an_unfinished_one_resumes(tmp_path, monkeypatch, capsys, tiny):
