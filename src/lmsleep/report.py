@@ -37,6 +37,7 @@ FINAL_METRICS = (
 )
 # A test metric of one bucket: its depth (Depo's k, Rule 110's t, GSM's ops) or a text run's window index.
 BUCKET_TAG = re.compile(r"^test/(\w+)@(\w+)=(\d+)$")
+BUCKET_METRICS = ("acc", "acc_exact", "loss", "bpb")  # the bucket table's first columns, in this order
 # Metrics whose best value is the smallest (the others are accuracies).
 LOWER_IS_BETTER = ("loss", "bpb", "bpt")
 # The settings of a text run that decide its data (a task's are its task node).
@@ -205,9 +206,7 @@ def bucket_table(groups: dict[str, list[dict[str, Any]]]) -> str:
                     by_bucket.setdefault(metric, []).append(s[-1][2])
     if not cells:
         return ""
-    order = [m for m in ("acc", "acc_exact", "loss", "bpb") if m in metrics] + sorted(
-        metrics - {"acc", "acc_exact", "loss", "bpb"}
-    )
+    order = [m for m in BUCKET_METRICS if m in metrics] + sorted(metrics - set(BUCKET_METRICS))
     lines = [
         "| configuration | seeds | tokens | bucket | " + " | ".join(f"test/{m}" for m in order) + " |",
         "|---|---|---|---|" + "---|" * len(order),
