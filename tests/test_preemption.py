@@ -121,7 +121,7 @@ def logged(path: Path) -> dict[tuple[int, str], str]:
         }
 
 
-@pytest.mark.timeout(4 * FIT_GUARD_S, method="signal")  # preempt: 2 waits, finish: 1
+@pytest.mark.timeout(4 * FIT_GUARD_S, method="signal")  # preempt (2 waits), then 2 fits to the end
 def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path):
     (tmp_path / "a").mkdir()
     status, out, err, run = preempt(
@@ -161,7 +161,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.timeout(3 * FIT_GUARD_S, method="signal")  # preempt: 2 waits, finish: 1
+@pytest.mark.timeout(3 * FIT_GUARD_S, method="signal")  # preempt (2 waits), then 1 fit to the end
 def test_sigusr1_checkpoints_and_exits_138(tmp_path):
     status, out, err, run = preempt([*RUN, f"paths.log_dir={tmp_path}/logs"], tmp_path, signal.SIGUSR1)
     assert status == 128 + signal.SIGUSR1, err[-3000:]
@@ -179,7 +179,7 @@ def test_sigusr1_checkpoints_and_exits_138(tmp_path):
     assert torch.load(run / "checkpoints" / "step_120.ckpt", weights_only=True)["global_step"] == 120
 
 
-@pytest.mark.timeout(2 * FIT_GUARD_S, method="signal")  # preempt: 2 waits, finish: 1
+@pytest.mark.timeout(2 * FIT_GUARD_S, method="signal")  # preempt (2 waits) only
 def test_sigterm_to_ddp_rank_0_stops_every_rank(tmp_path):
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     status, out, err, run = preempt([*RUN, *ddp, f"paths.log_dir={tmp_path}/logs"], tmp_path, signal.SIGTERM)
