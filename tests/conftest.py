@@ -6,14 +6,20 @@ other work, torch's intra-op threads make these tiny matmuls 10x slower, not fas
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import random
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose as hydra_compose
@@ -110,11 +116,22 @@ def cfg_fit(compose_fit, one_thread) -> DictConfig:
     return compose_fit("debug=fdr", *TINY)
 
 
+# Variables of the process running the tests (a DDP rank's, Hydra's) that a command under test must not inherit.
+FOREIGN_ENV = (
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LMSLEEP_COMMAND",
+    "HYDRA_FULL_ERROR",
+)
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
-    for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LMSLEEP_COMMAND"):
+    for name in FOREIGN_ENV:
         env.pop(name, None)
-    env.pop("HYDRA_FULL_ERROR", None)
     env.update(OMP_NUM_THREADS="1", COLUMNS="200", PYTHONUNBUFFERED="1")
     return env
 
@@ -147,6 +164,72 @@ def run_cli(
         stderr += f"\n[run_cli] killed after {timeout} s: {' '.join(command)}\n"
         return subprocess.CompletedProcess(command, -9, stdout, stderr)
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def run_cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``lmsleep ARGS`` as ``lmsleep.cli.main(ARGS)`` in this process, from ``cwd``: a second instead of
+    the seconds a new process spends importing torch, for cases that stop before any training.
+
+    Returns what :func:`run_cli` does; the return code is the ``SystemExit`` status (0 when ``main`` returns).
+    Any other exception propagates, so the test fails with its traceback where the command would have printed
+    one. The working directory, ``sys.argv``, the environment, logging's handlers and levels, warning filters,
+    torch's thread count and the random generators' states are restored afterwards: Hydra configures logging
+    and Lightning seeds the generators for each run.
+    """
+    from lmsleep.cli import main
+
+    root = logging.getLogger()
+    saved_loggers = {
+        name: (lg.level, list(lg.handlers), lg.propagate, lg.disabled)
+        for name, lg in [("", root), *logging.Logger.manager.loggerDict.items()]
+        if isinstance(lg, logging.Logger)
+    }
+    saved = (os.getcwd(), list(sys.argv), dict(os.environ), torch.get_num_threads())
+    rng = (random.getstate(), torch.random.get_rng_state(), np.random.get_state())
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    try:
+        os.chdir(cwd)
+        for name in FOREIGN_ENV:
+            os.environ.pop(name, None)
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(stdout),
+            contextlib.redirect_stderr(stderr),
+        ):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        os.chdir(saved[0])
+        sys.argv[:] = saved[1]
+        os.environ.clear()
+        os.environ.update(saved[2])
+        torch.set_num_threads(saved[3])
+        random.setstate(rng[0])
+        torch.random.set_rng_state(rng[1])
+        np.random.set_state(rng[2])
+        for name, (level, handlers, propagate, disabled) in saved_loggers.items():
+            logger = logging.getLogger(name or None)
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate, logger.disabled = propagate, disabled
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed to stderr, status 1
+        stderr.write(f"{code}\n")
+        code = 1
+    return subprocess.CompletedProcess(["lmsleep", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="session")
+def cli_in_process():
+    """``cli_in_process(*args, cwd=...)``: see :func:`run_cli_in_process`."""
+    return run_cli_in_process
 
 
 @pytest.fixture(scope="session")
