@@ -128,18 +128,23 @@ FOREIGN_ENV = (
 )
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     for name in FOREIGN_ENV:
         env.pop(name, None)
-    env.update(OMP_NUM_THREADS="1", COLUMNS="200", PYTHONUNBUFFERED="1")
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200", PYTHONUNBUFFERED="1", **(extra or {}))
     return env
 
 
 def run_cli(
-    *args: str, cwd: Path, timeout: float = 180, console_script: bool = False
+    *args: str,
+    cwd: Path,
+    timeout: float = 180,
+    console_script: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``lmsleep ARGS`` in a subprocess (``python -m lmsleep``, or the installed ``lmsleep`` script).
+    """Run ``lmsleep ARGS`` in a subprocess (``python -m lmsleep``, or the installed ``lmsleep`` script), with
+    this process's environment less :data:`FOREIGN_ENV`, one torch thread, and ``env`` on top.
 
     The command runs in its own session; on timeout the whole group (DDP ranks included) is killed and the
     output so far is returned with return code -9 and a last line saying so.
@@ -150,7 +155,7 @@ def run_cli(
     proc = subprocess.Popen(
         command,
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -234,7 +239,7 @@ def cli_in_process():
 
 @pytest.fixture(scope="session")
 def cli():
-    """``cli(*args, cwd=..., timeout=180, console_script=False)``: see :func:`run_cli`."""
+    """``cli(*args, cwd=..., timeout=180, console_script=False, env=None)``: see :func:`run_cli`."""
     return run_cli
 
 

@@ -7,9 +7,6 @@ the repository root on ``PYTHONPATH``) writes each rank's parameters and a hash 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -19,7 +16,7 @@ from ._helpers import REPO, TINY_HYBRID
 STEPS = 3
 
 
-def test_two_process_ddp_fit_agrees_across_ranks(tmp_path: Path):
+def test_two_process_ddp_fit_agrees_across_ranks(cli, tmp_path: Path):
     dump = tmp_path / "dump"
     args = [
         "fit",
@@ -39,29 +36,8 @@ def test_two_process_ddp_fit_agrees_across_ranks(tmp_path: Path):
         "test=false",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "LOCAL_RANK",
-            "NODE_RANK",
-            "WORLD_SIZE",
-            "MASTER_ADDR",
-            "MASTER_PORT",
-            "LMSLEEP_COMMAND",
-            "PYTHONPATH",
-        )
-    }
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    done = subprocess.run(
-        [sys.executable, "-m", "lmsleep", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # PYTHONPATH: the ranks import the test-only callback from this checkout
+    done = cli(*args, cwd=tmp_path, timeout=300, env={"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     ranks = [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
