@@ -269,3 +269,19 @@ def test_runs_that_differ_in_their_layout_are_separate_configurations(tmp_path):
         "d hybrid N=2 layout=attn,ssm": 1,
         "d hybrid N=2 layout=attn,ssm,attn,ssm": 2,
     }
+
+
+def test_settings_a_raw_file_predates_are_left_out_of_its_label_not_called_none(tmp_path):
+    from lmsleep.report import load_raw
+
+    # two old runs (no budget or layout recorded) at t = 3 beside newer runs at t = 4 of two budgets
+    write_raw(tmp_path, "a", "d hybrid N=1", 0, {"data": {"steps": 3}})
+    write_raw(tmp_path, "b", "d hybrid N=1", 1, {"data": {"steps": 3}})
+    for name, seed, max_steps in (("c", 0, 600), ("e", 1, 600), ("f", 0, 1200)):
+        settings = {"max_steps": max_steps, "layout": "attn,ssm", "data": {"steps": 4}}
+        write_raw(tmp_path, name, "d hybrid N=1", seed, settings)
+    assert {label: len(runs) for label, runs in load_raw(tmp_path).items()} == {
+        "d hybrid N=1 steps=3": 2,
+        "d hybrid N=1 max_steps=600, steps=4": 2,
+        "d hybrid N=1 max_steps=1200, steps=4": 1,
+    }

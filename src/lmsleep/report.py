@@ -122,6 +122,11 @@ def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
     return raw / f"{name}.csv"
 
 
+# Settings that raw files written before them do not hold: such a file groups as before, and its label leaves
+# them out rather than calling them None.
+RECORDED_LATER = ("max_steps", "layout")
+
+
 # --- step 2: raw files -> tables and plots ------------------------------------------------------------------
 def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
     """Runs grouped by label: ``{label: [{"seed", "meta", "series": {tag: [(step, tokens, value)]}}]}``."""
@@ -145,21 +150,22 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for members in by_study.values():
         data = [_grouping_settings(m["meta"]["settings"]) for m in members]
+
+        def known(d: dict[str, Any], k: str) -> bool:  # a setting recorded later is unknown, not None
+            return k in d or k not in RECORDED_LATER
+
         varying = sorted(
-            k
-            for k in set().union(*data)
-            if any(json.dumps(d.get(k)) != json.dumps(data[0].get(k)) for d in data)
+            k for k in set().union(*data) if len({json.dumps(d.get(k)) for d in data if known(d, k)}) > 1
         )
         for run, d in zip(members, data, strict=True):
-            suffix = ", ".join(f"{k}={d.get(k)}" for k in varying)
+            suffix = ", ".join(f"{k}={d.get(k)}" for k in varying if known(d, k))
             groups[f"{run['base']} {suffix}" if suffix else run["base"]].append(run)
     return dict(sorted(groups.items()))
 
 
 def _grouping_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings whose differences make two runs of one label separate configurations, not seeds."""
-    # max_steps and layout were recorded later: raw files without them group as before
-    recorded_later = {k: settings[k] for k in ("max_steps", "layout") if k in settings}
+    recorded_later = {k: settings[k] for k in RECORDED_LATER if k in settings}
     return {**settings["data"], **recorded_later}
 
 
