@@ -285,3 +285,27 @@ def test_settings_a_raw_file_predates_are_left_out_of_its_label_not_called_none(
         "d hybrid N=1 max_steps=600, steps=4": 2,
         "d hybrid N=1 max_steps=1200, steps=4": 1,
     }
+
+
+def test_depth_figure_joins_a_sweep_but_not_other_budgets_or_runs_that_mix_depths(tmp_path):
+    from lmsleep.report import load_raw
+    from lmsleep.study_figures import depth_figure
+
+    def write(name, seed, steps, max_steps, finals):
+        settings = {"max_steps": max_steps, "layout": "attn,ssm", "data": {"steps": steps}}
+        write_raw(tmp_path, name, "d hybrid N=1", seed, settings)
+        rows = "".join(f"{max_steps},{max_steps * 10},test/acc_exact@t={t},{v}\n" for t, v in finals.items())
+        (tmp_path / f"{name}.csv").write_text("step,tokens,tag,value\n" + rows)
+
+    write("a", 0, 2, 600, {2: 0.9})  # a depth sweep at 600 steps, t = 2 and t = 3 (two seeds)
+    write("b", 0, 3, 600, {3: 0.4})
+    write("c", 1, 3, 600, {3: 0.2})
+    write("e", 0, 3, 2400, {3: 1.0})  # t = 3 with 4x the budget: a point of its own
+    write("f", 0, 9, 600, {1: 0.8, 2: 0.5})  # samples of mixed depth: a curve of its own
+    fig = depth_figure(load_raw(tmp_path))
+    lines = {line.get_label(): list(zip(*line.get_data(), strict=True)) for line in fig.axes[0].get_lines()}
+    assert lines == {
+        "d hybrid N=1 max_steps=600": [(2, 0.9), (3, pytest.approx(0.3))],
+        "d hybrid N=1 max_steps=2400": [(3, 1.0)],
+        "d hybrid N=1 max_steps=600, steps=9": [(1, 0.8), (2, 0.5)],
+    }

@@ -159,6 +159,10 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
         )
         for run, d in zip(members, data, strict=True):
             suffix = ", ".join(f"{k}={d.get(k)}" for k in varying if known(d, k))
+            # what a depth figure joins into one curve: runs that differ only in data (the depth), not in
+            # their budget or model
+            budget = ", ".join(f"{k}={d[k]}" for k in varying if k in RECORDED_LATER and k in d)
+            run["sweep"] = f"{run['base']} {budget}" if budget else run["base"]
             groups[f"{run['base']} {suffix}" if suffix else run["base"]].append(run)
     return dict(sorted(groups.items()))
 
@@ -269,7 +273,7 @@ def build(raw: Path, out: Path) -> list[Path]:
     plt = pyplot()
     for name, fig in figures(groups).items():
         if fig is not None:
-            fig.savefig(out / f"{name}.png", dpi=110)
+            fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")  # legends sit below the axes
             plt.close(fig)
             written.append(out / f"{name}.png")
     return written

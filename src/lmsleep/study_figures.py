@@ -67,9 +67,17 @@ def curves_figure(groups: dict[str, list[dict[str, Any]]]):
                 ax.fill_between(xs, low, high, alpha=0.2)
         ax.set(xlabel="training tokens (M)", ylabel=metric, title=f"{metric} against tokens")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
     fig.tight_layout()
+    _legend_below(fig, axes[0])
     return fig
+
+
+def _legend_below(fig, ax) -> None:
+    """The legend of ``ax`` under the figure, one label a line: configuration labels are too long to sit
+    inside a plot (save with ``bbox_inches="tight"`` to keep it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7, frameon=False)
 
 
 def _seeds(n: int) -> str:
@@ -151,19 +159,25 @@ def depth_figure(
     join_sweeps: bool = True,
 ):
     """The final values of the tags ``pattern`` matches against their bucket (a task's depth, or the window
-    index of text runs), one line per configuration, or per base configuration with ``join_sweeps`` (a depth
-    sweep's runs, one depth each, join into one curve); None when no line has two buckets."""
+    index of text runs), one line per configuration. With ``join_sweeps``, configurations of one depth each
+    that differ only in data settings (a depth sweep) join into one curve; runs of another budget or layout
+    do not. None when no line has two buckets."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     axis_name = None
     by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for group, runs in groups.items():
+        finals = []  # (run, depth, final value)
         for r in runs:
             for tag, s in r["series"].items():
                 match = pattern.match(tag)
                 if match:
                     axis_name = match.group(1)
-                    by_base[r["base"] if join_sweeps else group][int(match.group(2))].append(s[-1][2])
+                    finals.append((r, int(match.group(2)), s[-1][2]))
+        # a run of one depth joins its sweep's curve; a run whose samples mix depths is a curve of its own
+        single = len({depth for _, depth, _ in finals}) == 1
+        for r, depth, value in finals:
+            by_base[r.get("sweep", r["base"]) if join_sweeps and single else group][depth].append(value)
     for label, by_depth in sorted(by_base.items()):
         if by_depth:
             xs = sorted(by_depth)
@@ -175,8 +189,8 @@ def depth_figure(
         xlabel=f"{axis} {axis_name}" if axis != axis_name else axis, ylabel=what, title=f"{what} by {axis}"
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
+    _legend_below(fig, ax)
     return fig
 
 
