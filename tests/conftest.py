@@ -189,8 +189,17 @@ def run_cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         for name, lg in [("", root), *logging.Logger.manager.loggerDict.items()]
         if isinstance(lg, logging.Logger)
     }
-    saved = (os.getcwd(), list(sys.argv), dict(os.environ), torch.get_num_threads())
-    rng = (random.getstate(), torch.random.get_rng_state(), np.random.get_state())
+    old_cwd, old_argv, old_env, old_threads = (
+        os.getcwd(),
+        list(sys.argv),
+        dict(os.environ),
+        torch.get_num_threads(),
+    )
+    old_random, old_torch_rng, old_numpy_rng = (
+        random.getstate(),
+        torch.random.get_rng_state(),
+        np.random.get_state(),
+    )
     stdout, stderr = io.StringIO(), io.StringIO()
     code: int | str | None = 0
     try:
@@ -207,14 +216,14 @@ def run_cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
             except SystemExit as exc:
                 code = exc.code
     finally:
-        os.chdir(saved[0])
-        sys.argv[:] = saved[1]
+        os.chdir(old_cwd)
+        sys.argv[:] = old_argv
         os.environ.clear()
-        os.environ.update(saved[2])
-        torch.set_num_threads(saved[3])
-        random.setstate(rng[0])
-        torch.random.set_rng_state(rng[1])
-        np.random.set_state(rng[2])
+        os.environ.update(old_env)
+        torch.set_num_threads(old_threads)
+        random.setstate(old_random)
+        torch.random.set_rng_state(old_torch_rng)
+        np.random.set_state(old_numpy_rng)
         for name, (level, handlers, propagate, disabled) in saved_loggers.items():
             logger = logging.getLogger(name or None)
             for handler in logger.handlers:

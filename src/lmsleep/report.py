@@ -127,9 +127,15 @@ def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
 RECORDED_LATER = ("max_steps", "layout")
 
 
+def _known(settings: dict[str, Any], key: str) -> bool:
+    """Whether a run's grouping settings say anything about ``key`` (a setting recorded later is unknown)."""
+    return key in settings or key not in RECORDED_LATER
+
+
 # --- step 2: raw files -> tables and plots ------------------------------------------------------------------
 def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
-    """Runs grouped by label: ``{label: [{"seed", "meta", "series": {tag: [(step, tokens, value)]}}]}``."""
+    """Runs grouped by label: ``{label: [{"seed", "meta", "series": {tag: [(step, tokens, value)]}, "base",
+    "sweep"}]}``; ``sweep`` names the depth sweep a run belongs to (its label and budget)."""
     runs = []
     for meta_file in sorted(raw.glob("*.json")):
         meta = json.loads(meta_file.read_text())
@@ -150,15 +156,11 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for members in by_study.values():
         data = [_grouping_settings(m["meta"]["settings"]) for m in members]
-
-        def known(d: dict[str, Any], k: str) -> bool:  # a setting recorded later is unknown, not None
-            return k in d or k not in RECORDED_LATER
-
         varying = sorted(
-            k for k in set().union(*data) if len({json.dumps(d.get(k)) for d in data if known(d, k)}) > 1
+            k for k in set().union(*data) if len({json.dumps(d.get(k)) for d in data if _known(d, k)}) > 1
         )
         for run, d in zip(members, data, strict=True):
-            suffix = ", ".join(f"{k}={d.get(k)}" for k in varying if known(d, k))
+            suffix = ", ".join(f"{k}={d.get(k)}" for k in varying if _known(d, k))
             # what a depth figure joins into one curve: runs that differ only in data (the depth), not in
             # their budget or model
             budget = ", ".join(f"{k}={d[k]}" for k in varying if k in RECORDED_LATER and k in d)

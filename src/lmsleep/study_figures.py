@@ -177,7 +177,7 @@ def depth_figure(
         # a run of one depth joins its sweep's curve; a run whose samples mix depths is a curve of its own
         single = len({depth for _, depth, _ in finals}) == 1
         for r, depth, value in finals:
-            by_base[r.get("sweep", r["base"]) if join_sweeps and single else group][depth].append(value)
+            by_base[r["sweep"] if join_sweeps and single else group][depth].append(value)
     for label, by_depth in sorted(by_base.items()):
         if by_depth:
             xs = sorted(by_depth)
