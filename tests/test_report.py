@@ -309,3 +309,30 @@ def test_depth_figure_joins_a_sweep_but_not_other_budgets_or_runs_that_mix_depth
         "d hybrid N=1 max_steps=2400": [(3, 1.0)],
         "d hybrid N=1 max_steps=600, steps=9": [(1, 0.8), (2, 0.5)],
     }
+
+
+def test_curves_of_more_configurations_than_colours_are_told_apart_and_bands_match_their_line():
+    from matplotlib.colors import to_rgba
+
+    from lmsleep.study_figures import curves_figure
+
+    def run(seed, value):
+        curve = [(10, 100, value), (20, 200, value + 0.1)]
+        return {"seed": seed, "series": {"val/acc_exact": curve, "val/acc": curve}}
+
+    groups = {f"config {i}": [run(0, 0.01 * i), run(1, 0.02 * i)] for i in range(13)}
+    fig = curves_figure(groups)
+    for ax in fig.axes[:2]:
+        lines = [line for line in ax.get_lines() if line.get_label().startswith("config")]
+        assert len(lines) == 13
+        looks = {(to_rgba(line.get_color()), line.get_linestyle()) for line in lines}
+        assert len(looks) == 13  # matplotlib's cycle alone repeats after ten
+        # each seeds' band is drawn in its own line's colour
+        bands = [c for c in ax.collections if len(c.get_paths())]
+        assert [tuple(b.get_facecolor()[0][:3]) for b in bands] == [
+            to_rgba(ln.get_color())[:3] for ln in lines
+        ]
+    # the same configuration looks the same in both panels
+    assert [ln.get_color() for ln in fig.axes[0].get_lines()] == [
+        ln.get_color() for ln in fig.axes[1].get_lines()
+    ]

@@ -20,6 +20,7 @@ import re
 import statistics
 import textwrap
 from collections import defaultdict
+from itertools import cycle
 from typing import Any
 
 from lmsleep.plots import pyplot
@@ -46,6 +47,13 @@ def _mean_curve(
     )
 
 
+def _line_styles():
+    """Colour and line style per curve: matplotlib's ten colours, solid, then dashed, then dotted, so that a
+    study of more than ten configurations never draws two of them alike."""
+    colours = [f"C{i}" for i in range(10)]
+    return cycle([(c, style) for style in ("-", "--", ":", "-.") for c in colours])
+
+
 def curves_figure(groups: dict[str, list[dict[str, Any]]]):
     """Validation exact and per-answer accuracy against training tokens, one line per configuration."""
     plt = pyplot()
@@ -57,14 +65,16 @@ def curves_figure(groups: dict[str, list[dict[str, Any]]]):
         else ("val/bpb", "val/loss")
     )
     for ax, metric in zip(axes, metrics, strict=True):
+        styles = _line_styles()  # the same configuration looks the same in both panels
         for label, runs in groups.items():
+            colour, style = next(styles)
             have = [r["series"][metric] for r in runs if metric in r["series"]]
             if not have:
                 continue
             xs, mean, low, high = _mean_curve(have)
-            ax.plot(xs, mean, label=label)
+            ax.plot(xs, mean, color=colour, linestyle=style, label=label)
             if len(have) > 1:
-                ax.fill_between(xs, low, high, alpha=0.2)
+                ax.fill_between(xs, low, high, color=colour, alpha=0.2)
         ax.set(xlabel="training tokens (M)", ylabel=metric, title=f"{metric} against tokens")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -178,10 +188,17 @@ def depth_figure(
         single = len({depth for _, depth, _ in finals}) == 1
         for r, depth, value in finals:
             by_base[r["sweep"] if join_sweeps and single else group][depth].append(value)
-    for label, by_depth in sorted(by_base.items()):
+    for (label, by_depth), (colour, style) in zip(sorted(by_base.items()), _line_styles(), strict=False):
         if by_depth:
             xs = sorted(by_depth)
-            ax.plot(xs, [statistics.fmean(by_depth[x]) for x in xs], "o-", label=label)
+            ax.plot(
+                xs,
+                [statistics.fmean(by_depth[x]) for x in xs],
+                marker="o",
+                color=colour,
+                linestyle=style,
+                label=label,
+            )
     if axis_name is None or max(len(d) for d in by_base.values()) < 2:  # no curve: nothing to draw
         plt.close(fig)
         return None
