@@ -336,3 +336,25 @@ def test_curves_of_more_configurations_than_colours_are_told_apart_and_bands_mat
     assert [ln.get_color() for ln in fig.axes[0].get_lines()] == [
         ln.get_color() for ln in fig.axes[1].get_lines()
     ]
+
+
+def test_depth_figure_tells_apart_more_single_depth_points_than_colours():
+    from matplotlib.colors import to_rgba
+
+    from lmsleep.study_figures import depth_figure
+
+    groups = {
+        f"config {i}": [
+            {"seed": 0, "sweep": f"config {i}", "series": {f"test/acc_exact@t={2 + i % 2}": [(9, 90, 0.5)]}}
+        ]
+        for i in range(12)
+    }
+    groups["sweep"] = [
+        {"seed": 0, "sweep": "sweep", "series": {f"test/acc_exact@t={t}": [(9, 90, 0.1 * t)]}} for t in (2, 3)
+    ]
+    lines = depth_figure(groups).axes[0].get_lines()
+    assert len(lines) == 13
+    assert len({(to_rgba(ln.get_color()), ln.get_linestyle(), ln.get_marker()) for ln in lines}) == 13
+    assert (
+        len({(to_rgba(ln.get_color()), ln.get_marker()) for ln in lines}) == 13
+    )  # a lone point shows no line

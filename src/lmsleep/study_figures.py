@@ -48,10 +48,12 @@ def _mean_curve(
 
 
 def _line_styles():
-    """Colour and line style per curve: matplotlib's ten colours, solid, then dashed, then dotted, so that a
-    study of more than ten configurations never draws two of them alike."""
+    """``(colour, line style, marker)`` per curve: matplotlib's ten colours with solid lines and circles,
+    then dashed with squares, dotted with triangles, dash-dot with diamonds, so that a study of more than
+    ten configurations never draws two alike (the marker tells apart single-point curves)."""
     colours = [f"C{i}" for i in range(10)]
-    return cycle([(c, style) for style in ("-", "--", ":", "-.") for c in colours])
+    looks = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+    return cycle([(c, style, marker) for style, marker in looks for c in colours])
 
 
 def curves_figure(groups: dict[str, list[dict[str, Any]]]):
@@ -67,7 +69,7 @@ def curves_figure(groups: dict[str, list[dict[str, Any]]]):
     for ax, metric in zip(axes, metrics, strict=True):
         styles = _line_styles()  # the same configuration looks the same in both panels
         for label, runs in groups.items():
-            colour, style = next(styles)
+            colour, style, _ = next(styles)
             have = [r["series"][metric] for r in runs if metric in r["series"]]
             if not have:
                 continue
@@ -188,13 +190,15 @@ def depth_figure(
         single = len({depth for _, depth, _ in finals}) == 1
         for r, depth, value in finals:
             by_base[r["sweep"] if join_sweeps and single else group][depth].append(value)
-    for (label, by_depth), (colour, style) in zip(sorted(by_base.items()), _line_styles(), strict=False):
+    for (label, by_depth), (colour, style, marker) in zip(
+        sorted(by_base.items()), _line_styles(), strict=False
+    ):
         if by_depth:
             xs = sorted(by_depth)
             ax.plot(
                 xs,
                 [statistics.fmean(by_depth[x]) for x in xs],
-                marker="o",
+                marker=marker,
                 color=colour,
                 linestyle=style,
                 label=label,
