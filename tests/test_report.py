@@ -327,7 +327,7 @@ def test_curves_of_more_configurations_than_colours_are_told_apart_and_bands_mat
         assert len(lines) == 13
         looks = {(to_rgba(line.get_color()), line.get_linestyle()) for line in lines}
         assert len(looks) == 13  # matplotlib's cycle alone repeats after ten
-        # each seeds' band is drawn in its own line's colour
+        # each configuration's band over seeds is drawn in its own line's colour
         bands = [c for c in ax.collections if len(c.get_paths())]
         assert [tuple(b.get_facecolor()[0][:3]) for b in bands] == [
             to_rgba(ln.get_color())[:3] for ln in lines
@@ -355,6 +355,5 @@ def test_depth_figure_tells_apart_more_single_depth_points_than_colours():
     lines = depth_figure(groups).axes[0].get_lines()
     assert len(lines) == 13
     assert len({(to_rgba(ln.get_color()), ln.get_linestyle(), ln.get_marker()) for ln in lines}) == 13
-    assert (
-        len({(to_rgba(ln.get_color()), ln.get_marker()) for ln in lines}) == 13
-    )  # a lone point shows no line
+    # a lone point shows no line: colour and marker alone must tell the configurations apart
+    assert len({(to_rgba(ln.get_color()), ln.get_marker()) for ln in lines}) == 13

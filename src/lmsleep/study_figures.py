@@ -49,8 +49,9 @@ def _mean_curve(
 
 def _line_styles():
     """``(colour, line style, marker)`` per curve: matplotlib's ten colours with solid lines and circles,
-    then dashed with squares, dotted with triangles, dash-dot with diamonds, so that a study of more than
-    ten configurations never draws two alike (the marker tells apart single-point curves)."""
+    then dashed with squares, dotted with triangles, dash-dot with diamonds: forty looks before one repeats,
+    so a study of more than ten configurations draws no two alike (the marker tells apart single-point
+    curves)."""
     colours = [f"C{i}" for i in range(10)]
     looks = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
     return cycle([(c, style, marker) for style, marker in looks for c in colours])
