@@ -28,17 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_step import BARE_FIT  # this folder is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = [
-    "test=false",
-    "++trainer.limit_val_batches=0",
-    "++trainer.num_sanity_val_steps=0",
-    "++trainer.enable_progress_bar=false",
-    "++trainer.enable_model_summary=false",
-    "++trainer.enable_checkpointing=false",
-    "~callbacks",
-    "~logger",
-]
+QUIET = ["test=false", *BARE_FIT]
 
 
 def compose(overrides: list[str]):

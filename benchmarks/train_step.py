@@ -30,6 +30,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Only the training steps: no validation, checkpoints, loggers, callbacks or progress output.
+BARE_FIT = [
+    "++trainer.limit_val_batches=0",
+    "++trainer.num_sanity_val_steps=0",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "++trainer.enable_checkpointing=false",
+    "~callbacks",
+    "~logger",
+]
 
 
 # --- worker: one measurement in this process ----------------------------------------------------------------
@@ -50,13 +60,7 @@ def worker(args: argparse.Namespace) -> dict:
         f"model.sleep.passes={args.n}",
         f"trainer.max_steps={steps}",
         f"trainer.precision={args.precision}",
-        "++trainer.limit_val_batches=0",
-        "++trainer.num_sanity_val_steps=0",
-        "++trainer.enable_progress_bar=false",
-        "++trainer.enable_model_summary=false",
-        "++trainer.enable_checkpointing=false",
-        "~callbacks",
-        "~logger",
+        *BARE_FIT,
         *args.override,
     ]
     with initialize_config_dir(config_dir(), version_base="1.3"):
