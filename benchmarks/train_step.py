@@ -12,6 +12,11 @@ the medians is the speed-up. The machine's fp32 and bf16 matmul peaks are measur
     python benchmarks/train_step.py --experiment depo_sleep --passes 2 --against main
     python benchmarks/train_step.py --experiment rule110_sleep --passes 1 --against main --losses 50
 
+``--against-precision P`` measures this tree a second time at precision P, alternated with the first, e.g.
+whether ``bf16-mixed`` pays on this CPU (lmsleep refuses it on CPU; the benchmark lifts the refusal)::
+
+    python benchmarks/train_step.py --passes 1 2 --precision bf16-mixed --against-precision 32-true
+
 ``--losses K`` also compares the training loss of the first K steps (same seed) between the revisions.
 Writes ``benchmarks/results/train_step_<experiment>.json``.
 """
@@ -112,7 +117,9 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 # --- parent: revisions, repeats, FLOPs and peaks ------------------------------------------------------------
-def run_worker(src: Path, n: int, args: argparse.Namespace, steps: int | None = None) -> dict:
+def run_worker(
+    src: Path, n: int, args: argparse.Namespace, steps: int | None = None, precision: str | None = None
+) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -128,7 +135,7 @@ def run_worker(src: Path, n: int, args: argparse.Namespace, steps: int | None = 
         "--warmup",
         str(0 if steps is not None else args.warmup),
         "--precision",
-        args.precision,
+        precision or args.precision,
     ]
     for o in args.override:
         cmd += ["--override", o]
@@ -208,6 +215,11 @@ def main() -> None:
     p.add_argument("--against", default=None, help="git revision to compare with (side by side)")
     p.add_argument("--losses", type=int, default=0, help="compare the first K steps' losses with --against")
     p.add_argument("--precision", default="32-true")
+    p.add_argument(
+        "--against-precision",
+        default=None,
+        help="also measure this tree at this precision (side by side), e.g. bf16-mixed against 32-true",
+    )
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/...)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -218,20 +230,28 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    trees = {"this tree": ROOT}
+    # What is measured, by row label: (source tree, precision). The first row is the base of the speed-ups.
+    trees = {"this tree": (ROOT, args.precision)}
     if args.against:
-        trees[args.against] = checkout(args.against)
+        trees[args.against] = (checkout(args.against), args.precision)
+    if args.against_precision:
+        trees[f"this tree, {args.against_precision}"] = (ROOT, args.against_precision)
     try:
         peaks = matmul_peaks()
         runs: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.repeats):
             for n in args.passes:
-                for name, tree in trees.items():
-                    runs.setdefault((name, n), []).append(run_worker(tree / "src", n, args))
+                for name, (tree, precision) in trees.items():
+                    runs.setdefault((name, n), []).append(
+                        run_worker(tree / "src", n, args, precision=precision)
+                    )
         losses = {}
         if args.against and args.losses:
             for n in args.passes:
-                a, b = (run_worker(t / "src", n, args, steps=args.losses)["losses"] for t in trees.values())
+                a, b = (
+                    run_worker(trees[name][0] / "src", n, args, steps=args.losses)["losses"]
+                    for name in ("this tree", args.against)
+                )
                 diff = [abs(x - y) for x, y in zip(a, b, strict=True)]
                 losses[n] = {
                     "this_tree": a,
@@ -243,10 +263,10 @@ def main() -> None:
     finally:
         if args.against:
             subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees[args.against])],
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees[args.against][0])],
                 capture_output=True,
             )
-            shutil.rmtree(trees[args.against].parent, ignore_errors=True)
+            shutil.rmtree(trees[args.against][0].parent, ignore_errors=True)
 
     peak = {k: max(peaks[k], peaks_after[k]) for k in peaks}
     rows = []

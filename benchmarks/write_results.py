@@ -42,6 +42,7 @@ def train_step_section(data: dict, title: str) -> list[str]:
         + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
         + (f" --precision {args['precision']}" if args["precision"] != "32-true" else "")
         + (f" --against {against}" if against else "")
+        + (f" --against-precision {args['against_precision']}" if args.get("against_precision") else "")
         + (f" --losses {args['losses']}" if against and args["losses"] else "")
     )
     lines = [f"### {title}", "", f"`{cmd}`", ""]
@@ -137,7 +138,10 @@ def main() -> None:
     for name, title in [
         ("train_step_rule110_sleep.json", "Rule 110 (`experiment=rule110_sleep`)"),
         ("train_step_depo_sleep.json", "Depo (`experiment=depo_sleep`)"),
-        ("train_step_rule110_sleep_bf16.json", "Rule 110 in `bf16-mixed` (refused on CPU; measured here)"),
+        (
+            "train_step_rule110_sleep_bf16.json",
+            "Rule 110: `bf16-mixed` against fp32 (bf16 is refused on CPU; measured here)",
+        ),
     ]:
         data = load(name)
         if data:
