@@ -28,6 +28,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_features() -> str:
+    """The vector and matrix units that decide fp32 and bf16 speed (AVX2, AVX-512, AMX), from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                names = [
+                    ("avx2", "AVX2"),
+                    ("avx512f", "AVX-512"),
+                    ("avx512_bf16", "AVX-512 BF16"),
+                    ("amx_bf16", "AMX-BF16"),
+                ]
+                found = [name for flag, name in names if flag in flags]
+                return ", ".join(found) if found else "no AVX2"
+    except OSError:
+        pass
+    return "unknown"
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
@@ -129,7 +148,7 @@ def main() -> None:
         "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
         "in one run (`--against`), never figures from different days.",
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+        f"Machine: {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads.",
         "",
         "## Training step",
