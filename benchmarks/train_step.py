@@ -231,17 +231,17 @@ def main() -> None:
         return
 
     # What is measured, by row label: (source tree, precision). The first row is the base of the speed-ups.
-    trees = {"this tree": (ROOT, args.precision)}
+    variants = {"this tree": (ROOT, args.precision)}
     if args.against:
-        trees[args.against] = (checkout(args.against), args.precision)
+        variants[args.against] = (checkout(args.against), args.precision)
     if args.against_precision:
-        trees[f"this tree, {args.against_precision}"] = (ROOT, args.against_precision)
+        variants[f"this tree, {args.against_precision}"] = (ROOT, args.against_precision)
     try:
         peaks = matmul_peaks()
         runs: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.repeats):
             for n in args.passes:
-                for name, (tree, precision) in trees.items():
+                for name, (tree, precision) in variants.items():
                     runs.setdefault((name, n), []).append(
                         run_worker(tree / "src", n, args, precision=precision)
                     )
@@ -249,7 +249,7 @@ def main() -> None:
         if args.against and args.losses:
             for n in args.passes:
                 a, b = (
-                    run_worker(trees[name][0] / "src", n, args, steps=args.losses)["losses"]
+                    run_worker(variants[name][0] / "src", n, args, steps=args.losses)["losses"]
                     for name in ("this tree", args.against)
                 )
                 diff = [abs(x - y) for x, y in zip(a, b, strict=True)]
@@ -263,16 +263,16 @@ def main() -> None:
     finally:
         if args.against:
             subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees[args.against][0])],
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(variants[args.against][0])],
                 capture_output=True,
             )
-            shutil.rmtree(trees[args.against][0].parent, ignore_errors=True)
+            shutil.rmtree(variants[args.against][0].parent, ignore_errors=True)
 
     peak = {k: max(peaks[k], peaks_after[k]) for k in peaks}
     rows = []
     for n in args.passes:
         base = None
-        for name in trees:
+        for name in variants:
             meas = runs[(name, n)]
             ms = statistics.median(m["ms_per_step"] for m in meas)
             tok = meas[0]["tokens_per_step"]

@@ -18,33 +18,31 @@ HERE = Path(__file__).resolve().parent
 RESULTS, FIGURES = HERE / "results", HERE / "figures"
 
 
-def cpu_name() -> str:
+def cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo (``model name``, ``flags``), None if absent."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+# The vector and matrix units that decide fp32 and bf16 speed, by /proc/cpuinfo flag.
+UNITS = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16")]
 
 
 def cpu_features() -> str:
-    """The vector and matrix units that decide fp32 and bf16 speed (AVX2, AVX-512, AMX), from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                names = [
-                    ("avx2", "AVX2"),
-                    ("avx512f", "AVX-512"),
-                    ("avx512_bf16", "AVX-512 BF16"),
-                    ("amx_bf16", "AMX-BF16"),
-                ]
-                found = [name for flag, name in names if flag in flags]
-                return ", ".join(found) if found else "no AVX2"
-    except OSError:
-        pass
-    return "unknown"
+    flags = cpuinfo("flags")
+    if flags is None:
+        return "unknown"
+    found = [name for flag, name in UNITS if flag in set(flags.split())]
+    return ", ".join(found) if found else "no AVX2"
 
 
 def load(name: str) -> dict | None:
