@@ -66,6 +66,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
 	$(PY) benchmarks/train_step.py --experiment depo_sleep --passes 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
 	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 2 --repeats 3 --precision bf16-mixed --against-precision 32-true --out benchmarks/results/train_step_rule110_sleep_bf16.json
+	$(PY) benchmarks/step_floor.py --experiment rule110_sleep --passes 1 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
+	$(PY) benchmarks/step_floor.py --experiment depo_sleep --passes 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
 	$(PY) benchmarks/sleep_throughput.py
 	$(PY) benchmarks/write_results.py
 

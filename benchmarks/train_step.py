@@ -48,18 +48,18 @@ BARE_FIT = [
 
 
 # --- worker: one measurement in this process ----------------------------------------------------------------
-def worker(args: argparse.Namespace) -> dict:
+def bare_fit(args: argparse.Namespace, steps: int):
+    """``(cfg, datamodule, model, trainer, run_dir)`` of the experiment as ``lmsleep fit`` builds it, with
+    ``args.src``'s code, for ``steps`` training steps and nothing else (no validation, checkpoints, loggers
+    or callbacks); ``run_dir`` is a temporary folder to clean up after the fit."""
     sys.path.insert(0, str(Path(args.src).resolve()))
-    import lightning as L
-    import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lmsleep.train import build_run
+    import lmsleep.train
     from lmsleep.utils.config import config_dir
 
-    steps = args.warmup + args.steps
     overrides = [
         f"experiment={args.experiment}",
         f"model.sleep.passes={args.n}",
@@ -74,6 +74,16 @@ def worker(args: argparse.Namespace) -> dict:
     run_dir = tempfile.TemporaryDirectory(prefix="lmsleep-bench-run-")
     with open_dict(cfg):
         cfg.paths.output_dir = run_dir.name
+    if args.precision.startswith("bf16"):  # measure what lmsleep's CPU bf16 refusal rests on
+        lmsleep.train.check_precision = lambda trainer_cfg: None
+    datamodule, model, trainer, _ = lmsleep.train.build_run(cfg)
+    return cfg, datamodule, model, trainer, run_dir
+
+
+def step_timer():
+    """A Lightning callback that times each training step from its batch's start to its end (forward,
+    backward, optimiser steps, schedule) and the data-loading gap between steps; it keeps the losses."""
+    import lightning as L
 
     class StepTimer(L.Callback):
         def __init__(self):
@@ -93,13 +103,14 @@ def worker(args: argparse.Namespace) -> dict:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             self.losses.append(float(loss))
 
-    if args.precision.startswith("bf16"):  # measure what lmsleep's CPU bf16 refusal rests on
-        import lmsleep.train
+    return StepTimer()
 
-        lmsleep.train.check_precision = lambda trainer_cfg: None
-        build_run = lmsleep.train.build_run
-    datamodule, model, trainer, _ = build_run(cfg)
-    timer = StepTimer()
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    cfg, datamodule, model, trainer, run_dir = bare_fit(args, args.warmup + args.steps)
+    timer = step_timer()
     trainer.callbacks.append(timer)
     trainer.fit(model=model, datamodule=datamodule)
     run_dir.cleanup()

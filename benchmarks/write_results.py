@@ -92,6 +92,40 @@ def train_step_section(data: dict, title: str) -> list[str]:
     return lines + [""]
 
 
+def step_floor_section(data: dict, title: str) -> list[str]:
+    args = data["args"]
+    against = args.get("against")
+    cmd = (
+        f"python benchmarks/step_floor.py --experiment {args['experiment']} --passes "
+        + " ".join(map(str, args["passes"]))
+        + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
+        + (f" --against {against}" if against else "")
+    )
+    lines = [
+        f"### {title}",
+        "",
+        f"`{cmd}`: fixed = the step at batch 1 less its matrix products (the cost of its operations "
+        "whatever the data); matmuls = every product of one step at the recipe's batch replayed alone; "
+        "rest = step - fixed - matmuls (elementwise ops, copies, concatenations at the recipe's batch, and what "
+        "the products cost in the step beyond their warm-cache replay). "
+        "Medians of the repeats.",
+        "",
+        "| N | ms/step | fixed ms | matmul ms (GFLOP; the model's analytic training GFLOP) | rest ms | aten ops/step | fixed + matmul ms | "
+        "step / (fixed + matmul) |" + (f" {against} ms/step | target: half of it |" if against else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if against else ""),
+    ]
+    for r in data["rows"]:
+        line = (
+            f"| {r['N']} | {r['ms_per_step']:.1f} | {r['fixed_ms_per_step']:.1f} | "
+            f"{r['matmul_ms']:.1f} ({r['matmul_gflop']:.1f}; model {r['analytic_training_gflop']:.1f}) | {r['rest_ms']:.1f} | "
+            f"{r['aten_ops_per_step']} | {r['floor_ms']:.1f} | {r['speedup_if_rest_were_free']:.2f}x |"
+        )
+        if against:
+            line += f" {r['against_ms_per_step']:.1f} | {r['target_ms']:.1f} |"
+        lines.append(line)
+    return lines + [""]
+
+
 def throughput_section(data: dict) -> list[str]:
     a = data["args"]
     cmd = (
@@ -163,6 +197,13 @@ def main() -> None:
         data = load(name)
         if data:
             lines += train_step_section(data, title)
+    for name, title in [
+        ("step_floor_rule110_sleep.json", "Where a step's time goes: Rule 110"),
+        ("step_floor_depo_sleep.json", "Where a step's time goes: Depo"),
+    ]:
+        data = load(name)
+        if data:
+            lines += step_floor_section(data, title)
     data = load("sleep_throughput.json")
     if data:
         lines += throughput_section(data)
