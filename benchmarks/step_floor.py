@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +37,8 @@ from train_step import (  # this folder is on sys.path when a script here runs
     bare_fit,
     checkout,
     flops_per_token,
+    remove_checkout,
+    run_json,
     run_worker,
     step_timer,
 )
@@ -144,11 +143,7 @@ def measure_profile(args: argparse.Namespace, n: int, extra: tuple[str, ...] = (
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     for o in [*args.override, *extra]:
         cmd += ["--override", o]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    if out.returncode:
-        raise SystemExit(f"step_floor worker failed (N={n}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(cmd, ROOT, f"step_floor, N={n}")
 
 
 def main() -> None:
@@ -182,10 +177,7 @@ def main() -> None:
                     runs.setdefault(("against", n), []).append(run_worker(tree / "src", n, args))
     finally:
         if tree is not None:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True
-            )
-            shutil.rmtree(tree.parent, ignore_errors=True)
+            remove_checkout(tree)
 
     rows = []
     for n in args.passes:

@@ -150,10 +150,16 @@ def run_worker(
     ]
     for o in args.override:
         cmd += ["--override", o]
+    return run_json(cmd, src.parent, f"{src}, N={n}")
+
+
+def run_json(cmd: list[str], cwd: Path, what: str) -> dict:
+    """Run a benchmark worker process and return the JSON object on its last line of output (raises with
+    the end of its stderr if it fails)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=src.parent)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if out.returncode:
-        raise SystemExit(f"benchmark worker failed ({src}, N={n}):\n{out.stderr[-4000:]}")
+        raise SystemExit(f"benchmark worker failed ({what}):\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -216,6 +222,12 @@ def checkout(rev: str) -> Path:
     return path
 
 
+def remove_checkout(path: Path) -> None:
+    """Remove a worktree made by :func:`checkout`, and its temporary folder."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiment", default="rule110_sleep")
@@ -273,11 +285,7 @@ def main() -> None:
         peaks_after = matmul_peaks()
     finally:
         if args.against:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(variants[args.against][0])],
-                capture_output=True,
-            )
-            shutil.rmtree(variants[args.against][0].parent, ignore_errors=True)
+            remove_checkout(variants[args.against][0])
 
     peak = {k: max(peaks[k], peaks_after[k]) for k in peaks}
     rows = []

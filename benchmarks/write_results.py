@@ -106,18 +106,19 @@ def step_floor_section(data: dict, title: str) -> list[str]:
         "",
         f"`{cmd}`: fixed = the step at batch 1 less its matrix products (the cost of its operations "
         "whatever the data); matmuls = every product of one step at the recipe's batch replayed alone; "
-        "rest = step - fixed - matmuls (elementwise ops, copies, concatenations at the recipe's batch, and what "
-        "the products cost in the step beyond their warm-cache replay). "
-        "Medians of the repeats.",
+        "rest = step - fixed - matmuls (elementwise ops, copies, concatenations at the recipe's batch, and "
+        "what the products cost in the step beyond their warm-cache replay). Medians of the repeats.",
         "",
-        "| N | ms/step | fixed ms | matmul ms (GFLOP; the model's analytic training GFLOP) | rest ms | aten ops/step | fixed + matmul ms | "
-        "step / (fixed + matmul) |" + (f" {against} ms/step | target: half of it |" if against else ""),
+        "| N | ms/step | fixed ms | matmul ms (GFLOP; the model's analytic training GFLOP) | rest ms | "
+        "aten ops/step | fixed + matmul ms | step / (fixed + matmul) |"
+        + (f" {against} ms/step | target: half of it |" if against else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|---|" if against else ""),
     ]
     for r in data["rows"]:
         line = (
             f"| {r['N']} | {r['ms_per_step']:.1f} | {r['fixed_ms_per_step']:.1f} | "
-            f"{r['matmul_ms']:.1f} ({r['matmul_gflop']:.1f}; model {r['analytic_training_gflop']:.1f}) | {r['rest_ms']:.1f} | "
+            f"{r['matmul_ms']:.1f} ({r['matmul_gflop']:.1f}; model {r['analytic_training_gflop']:.1f}) | "
+            f"{r['rest_ms']:.1f} | "
             f"{r['aten_ops_per_step']} | {r['floor_ms']:.1f} | {r['speedup_if_rest_were_free']:.2f}x |"
         )
         if against:
