@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from lmsleep.cli import newest_checkpoint
+from lmsleep.utils.checkpoint import newest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DONE, ATTEMPTS = "queue_done.json", "queue.jsonl"

@@ -137,8 +137,14 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path):
     before = logged(run / "csv" / "metrics.csv")
     assert max(s for s, k in before if k == "train/loss") == step - 1  # every finished step is in the file
 
-    # resume: the stored overrides come back, the run goes on in its own folder
+    # the run added a callback node (+callbacks.steps...): not a plain setting, so it is re-applied only when
+    # the user vouches for the checkpoint
     status, out, err = finish(lmsleep("fit", f"ckpt_path={last}", cwd=tmp_path / "a"))
+    assert status == 2 and "stored override '+callbacks.steps._target_=" in err, err[-3000:]
+    # resume: the stored overrides come back, the run goes on in its own folder
+    status, out, err = finish(
+        lmsleep("fit", f"ckpt_path={last}", "trust_checkpoint=true", cwd=tmp_path / "a")
+    )
     assert status == 0, err[-3000:]
     assert f"run folder:  {run}\n" in out
     assert list((tmp_path / "a" / "logs" / "fit" / "runs").iterdir()) == [run]
@@ -171,7 +177,9 @@ def test_sigusr1_checkpoints_and_exits_138(tmp_path):
     assert saved["global_step"] == int(found.group(1))
     # `ckpt_path=last` finds it (the newest checkpoint of the task's runs) and goes on in the same folder
     status, out, err = finish(
-        lmsleep("fit", f"paths.log_dir={tmp_path}/logs", "ckpt_path=last", cwd=tmp_path)
+        lmsleep(
+            "fit", f"paths.log_dir={tmp_path}/logs", "ckpt_path=last", "trust_checkpoint=true", cwd=tmp_path
+        )
     )
     assert status == 0, err[-3000:]
     assert f"lmsleep: resuming {run}/checkpoints/last.ckpt (step {found.group(1)})" in err

@@ -13,13 +13,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lmsleep.utils.config import (
-    ConfigError,
+from lmsleep.utils.checkpoint import (
     check_checkpoint,
-    check_writable_dir,
-    config_dir,
-    with_user_searchpath,
+    check_stored_overrides,
+    find_last_checkpoint,
+    last_value,
+    stored_overrides,
 )
+from lmsleep.utils.config import ConfigError, check_writable_dir, config_dir, with_user_searchpath
 
 log = logging.getLogger("lmsleep")
 
@@ -36,6 +37,9 @@ Every value in the configs can be overridden (key=value); `lmsleep fit --cfg job
 `lmsleep fit --help` lists the config groups, `-m key=a,b` runs a sweep. Your own configs (for example
 experiment/my_run.yaml) go in a folder named by LMSLEEP_CONFIG_DIR (or hydra.searchpath=[file:///that/folder]):
 `LMSLEEP_CONFIG_DIR=~/my_configs lmsleep fit experiment=my_run`.
+
+A checkpoint's stored overrides are re-applied (test, generate, fit ckpt_path=) only when each is a plain
+setting; trust_checkpoint=true re-applies all of them, for a checkpoint you wrote yourself.
 """
 
 COMMANDS = ("fit", "test", "generate", "export-data", "export_data", "export", "report")
@@ -45,10 +49,6 @@ COMMAND_ENV = "LMSLEEP_COMMAND"
 
 # Overrides of a training run that decide the data and the model; `lmsleep test` re-applies them.
 MODEL_KEYS = ("data", "model", "experiment", "seed")
-
-
-def _override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("@", 1)[0]
 
 
 def _config_error_exit(exc: ConfigError) -> None:
@@ -145,32 +145,27 @@ def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
     print(f"TensorBoard: tensorboard --logdir {cfg.paths.output_dir}/tensorboard")
 
 
-def _stored_overrides(ckpt: dict, args: list[str], keys: tuple[str, ...] | None) -> list[str]:
-    """The overrides a checkpoint's run was started with (those of ``keys``, or all but the checkpoint and
-    Hydra's own), minus the keys the user passes now: the user's win."""
-    stored = ckpt.get("lmsleep_run", {}).get("overrides", [])
-    user_keys = {a.lstrip("+~").split("=", 1)[0] for a in args}
-    return [
-        o
-        for o in stored
-        if (_override_key(o) in keys if keys else _override_key(o) not in ("ckpt_path", "hydra"))
-        and o.lstrip("+~").split("=", 1)[0] not in user_keys
-    ]
-
-
-def _with_checkpoint_overrides(args: list[str], command: str = "test") -> list[str]:
-    """Prepend the data/model overrides stored in the checkpoint named by ``ckpt_path=`` (the user's win)."""
+def _with_checkpoint_overrides(args: list[str], command: str, trust: bool) -> list[str]:
+    """Prepend the data/model overrides stored in the checkpoint named by ``ckpt_path=`` (the user's win),
+    once each is known to be a plain setting (or the user trusts the checkpoint)."""
     paths = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
     if not paths:
         raise ConfigError(f"lmsleep {command} needs ckpt_path=PATH (a .ckpt file written by `lmsleep fit`)")
-    return _stored_overrides(check_checkpoint(paths[-1]), args, MODEL_KEYS) + args
+    return (
+        _checked(stored_overrides(check_checkpoint(paths[-1]), args, MODEL_KEYS), args, command, trust) + args
+    )
 
 
-def _resuming(args: list[str]) -> list[str]:
+def _checked(stored: list[str], args: list[str], command: str, trust: bool) -> list[str]:
+    check_stored_overrides(stored, args, command, trust=trust)
+    return stored
+
+
+def _resuming(args: list[str], trust: bool) -> list[str]:
     """``lmsleep fit ... ckpt_path=PATH|last``: the run goes on with the overrides it was started with (the
     user's win) in the run folder the checkpoint lies in (``<run>/checkpoints/x.ckpt``), unless the user names
     another with ``hydra.run.dir``. ``last`` is the newest checkpoint of this task's runs."""
-    value = _last_value(args, "ckpt_path")
+    value = last_value(args, "ckpt_path")
     if value in (None, "null", "None") or any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in args):
         return args
     path = find_last_checkpoint(args) if value == "last" else Path(value).expanduser()
@@ -178,52 +173,24 @@ def _resuming(args: list[str]) -> list[str]:
     args = [a for a in args if not a.startswith("ckpt_path=")] + [f"ckpt_path={path}"]
     multirun = any(a in ("-m", "--multirun") for a in args)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if not multirun and _last_value(args, "hydra.run.dir") is None and (run / ".hydra").is_dir():
+    if not multirun and last_value(args, "hydra.run.dir") is None and (run / ".hydra").is_dir():
         args.append(f"hydra.run.dir={run}")
+    stored = _checked(stored_overrides(ckpt, args, None), args, "fit", trust)
     if not os.environ.get("LOCAL_RANK"):  # once, not from every DDP rank
         print(f"lmsleep: resuming {path} (step {ckpt.get('global_step')})", file=sys.stderr)
-    return _stored_overrides(ckpt, args, None) + args
+    return stored + args
 
 
-def find_last_checkpoint(args: list[str]) -> Path:
-    """The newest ``.ckpt`` (by modification time) of the run folder ``hydra.run.dir`` if given, else of every
-    run of the task the other arguments compose to (``<paths.log_dir>/<task_name>/runs/*/``)."""
-    run_dir = _last_value(args, "hydra.run.dir")
-    if run_dir is not None:
-        roots, where = [Path(run_dir)], f"hydra.run.dir={run_dir}"
-    else:
-        from hydra import compose, initialize_config_dir
-
-        rest = [a for a in args if not a.startswith(("ckpt_path=", "hydra.", "-"))]
-        try:
-            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-                cfg = compose("fit", overrides=rest)
-        except Exception as exc:  # a sweep's a,b values, an unknown config name: not one run to look up
-            raise ConfigError(
-                f"ckpt_path=last: cannot tell which runs to look in ({type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); pass ckpt_path=PATH"
-            ) from exc
-        base = Path(str(cfg.paths.log_dir)) / str(cfg.task_name) / "runs"
-        roots, where = sorted(base.glob("*")), str(base)
-    found = newest_checkpoint(roots)
-    if found is None:
+def _take_trust(args: list[str]) -> tuple[list[str], bool]:
+    """``trust_checkpoint=true|false`` is not a Hydra override: it is the user's word on this command line,
+    so it is never stored in a checkpoint (and a checkpoint can never say it of itself)."""
+    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("trust_checkpoint=")]
+    rest = [a for a in args if not a.lstrip("+").startswith("trust_checkpoint=")]
+    if values and values[-1].lower() not in ("true", "false"):
         raise ConfigError(
-            f"ckpt_path=last: no checkpoint found under {where}; pass the experiment (or task_name) of the run "
-            "to resume, ckpt_path=PATH, or no ckpt_path to start a new run"
+            f"trust_checkpoint={values[-1]}: pass trust_checkpoint=true or trust_checkpoint=false"
         )
-    return found
-
-
-def newest_checkpoint(run_dirs: list[Path]) -> Path | None:
-    """The newest ``.ckpt`` (by modification time) that ``lmsleep fit`` saved in any of ``run_dirs``: the
-    ModelCheckpoint files under ``checkpoints/`` and Lightning's ``hpc_ckpt_*.ckpt`` of a preempted run."""
-    found = [p for r in run_dirs for p in (*r.glob("checkpoints/*.ckpt"), *r.glob("hpc_ckpt_*.ckpt"))]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
-
-
-def _last_value(args: list[str], key: str) -> str | None:
-    values = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(f"{key}=")]
-    return values[-1] if values else None
+    return rest, bool(values) and values[-1].lower() == "true"
 
 
 def _check_log_dir(args: list[str]) -> None:
@@ -232,7 +199,7 @@ def _check_log_dir(args: list[str]) -> None:
         return  # prints, runs nothing
     multirun = any(a in ("-m", "--multirun") for a in args)
     for key in ("hydra.sweep.dir" if multirun else "hydra.run.dir", "paths.log_dir"):
-        value = _last_value(args, key)
+        value = last_value(args, key)
         if value is not None and "${" not in value:
             check_writable_dir(value, key)
             return
@@ -259,19 +226,21 @@ def main(argv: list[str] | None = None) -> None:
         args = [os.environ[COMMAND_ENV], *args]  # a DDP rank > 0 started by Lightning's launcher
     command, rest = args[0], args[1:]
     try:
+        if command in ("fit", "test", "generate"):
+            rest, trust = _take_trust(rest)
         if command == "fit":
-            rest = _resuming(rest)
+            rest = _resuming(rest, trust)
             _check_log_dir(rest)
             _run("fit", _fit, rest, "fit")
         elif command == "test":
             if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
-                rest = _with_checkpoint_overrides(rest)
+                rest = _with_checkpoint_overrides(rest, "test", trust)
             _check_log_dir(rest)
             _run("test", _test, rest, "test")
         elif command == "generate":
             rest, prompt = _take_prompt(rest)
             if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
-                rest = _with_checkpoint_overrides(rest, "generate")
+                rest = _with_checkpoint_overrides(rest, "generate", trust)
             _run("generate", _generating(prompt), rest, "generate")
         elif command in ("export-data", "export_data", "export"):
             _run("export", _export, rest, "export-data")

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from lmsleep.callbacks.preemption import Preempted
 from lmsleep.train import as_floats, build_run, finish_run
-from lmsleep.utils.config import ConfigError, check_checkpoint, check_fits_data, check_fits_model
+from lmsleep.utils.checkpoint import check_checkpoint, check_fits_data, check_fits_model
+from lmsleep.utils.config import ConfigError
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, open_dict
 
 from lmsleep.data.tokenizer import tokenizer_from_dict
 from lmsleep.models.streaming import Stream
-from lmsleep.utils.config import ConfigError, build, check_checkpoint, check_fits_model
+from lmsleep.utils.checkpoint import check_checkpoint, check_fits_model
+from lmsleep.utils.config import ConfigError, build
 
 TEXT_STATE = "TextDataModule"  # the key Lightning saves the text DataModule's state (its tokenizer) under
 

@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lmsleep.data.task import task_from_config
 from lmsleep.plots import pyplot
 from lmsleep.study_figures import figures
 from lmsleep.utils.config import ConfigError
@@ -47,8 +48,6 @@ TEXT_SETTINGS = ("paths", "glob", "exclude", "format", "tokenizer", "seq_len", "
 # --- step 1: run folders -> raw files -----------------------------------------------------------------------
 def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that identify a configuration (everything a seed does not change) and its label."""
-    from hydra.utils import instantiate
-
     model, sleep = cfg["model"]["net"], cfg["model"].get("sleep", {})
     layout = model.get("layout", "")
     kind = "transformer" if "ssm" not in str(layout) else "hybrid"
@@ -56,7 +55,7 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     devices = cfg["trainer"].get("devices", 1)
     world = (devices if isinstance(devices, int) else len(devices)) * int(cfg["trainer"].get("num_nodes", 1))
     if "task" in data:
-        length = instantiate(data["task"]).max_length
+        length = task_from_config(data["task"]).max_length
         data_settings = {k: v for k, v in data["task"].items() if k not in ("_target_", "seed")}
     else:  # text: every sequence is seq_len tokens
         length = int(data["seq_len"])
@@ -101,7 +100,10 @@ def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{run_dir} is not a run folder of `lmsleep fit`: it has no config.yaml")
-    meta = run_settings(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+    try:
+        meta = run_settings(OmegaConf.to_container(OmegaConf.load(config), resolve=False))
+    except ValueError as exc:  # a task value or target the run folder's config cannot have
+        raise ConfigError(f"{config}: {exc}") from exc
     scalars = read_scalars(run_dir)
     if not scalars:
         raise ConfigError(f"{run_dir} holds no TensorBoard scalars (was it run with logger=tensorboard?)")

@@ -14,13 +14,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmsleep.callbacks.preemption import Preempted, Preemption
+from lmsleep.utils.checkpoint import check_checkpoint, check_fits_data, check_fits_model
 from lmsleep.utils.config import (
     ConfigError,
     build,
     build_data_and_model,
-    check_checkpoint,
-    check_fits_data,
-    check_fits_model,
     check_trainer,
     flat_hparams,
     instantiate_group,

@@ -153,3 +153,39 @@ def parse_range(value: int | list[int] | tuple[int, int] | str, what: str) -> tu
     if len(value) != 2 or value[0] > value[1]:
         raise ValueError(f"{what} must be an int or an inclusive range [lo, hi] with lo <= hi, got {value}")
     return int(value[0]), int(value[1])
+
+
+def known_tasks() -> dict[str, type[Task]]:
+    """Every task class imported so far (lmsleep's own, and any the running program imported), by the dotted
+    names a config may give it: its module's (``lmsleep.data.rule110.Rule110Task``) and its package's
+    (``lmsleep.data.Rule110Task``)."""
+    found: dict[str, type[Task]] = {}
+    todo = list(Task.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if not getattr(cls, "__abstractmethods__", None):
+            found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+            found[f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__qualname__}"] = cls
+    return found
+
+
+def task_from_config(conf: dict[str, Any], where: str = "data.task") -> Task:
+    """A task built from a plain config node read from a file someone else may have written (a run folder's
+    ``config.yaml``): unlike Hydra's ``instantiate``, it builds only a task class already imported (it never
+    imports what the file names) and passes only plain values (a nested ``_target_`` is not called)."""
+    kwargs = dict(conf)
+    target = str(kwargs.pop("_target_", ""))
+    cls = known_tasks().get(target)
+    if cls is None:
+        raise ValueError(
+            f"{where}._target_={target} is not a task lmsleep knows ({', '.join(sorted(set(known_tasks())))}); "
+            "a config read from a file is built only from tasks already imported, so it never runs code the "
+            "file names: import your task's module first and call lmsleep's Python API"
+        )
+    nested = [
+        k for k, v in kwargs.items() if isinstance(v, dict) or (isinstance(k, str) and k.startswith("_"))
+    ]
+    if nested:
+        raise ValueError(f"{where}.{nested[0]} is not a plain setting (a config node or a Hydra key)")
+    return cls(**kwargs)

@@ -1,5 +1,6 @@
 """Helpers for the entry points."""
 
-from lmsleep.utils.config import ConfigError, check_checkpoint
+from lmsleep.utils.checkpoint import check_checkpoint
+from lmsleep.utils.config import ConfigError
 
 __all__ = ["ConfigError", "check_checkpoint"]

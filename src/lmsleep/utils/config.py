@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 import sysconfig
 import tempfile
@@ -124,84 +123,6 @@ def instantiate_group(cfg: DictConfig | None, kind: str) -> list[Any]:
         elif conf is not None:
             raise ConfigError(f"{kind} entry {name!r} has no _target_; every {kind} entry must name a class")
     return objects
-
-
-def check_checkpoint(path: str | None, what: str = "ckpt_path") -> dict[str, Any] | None:
-    """Load a Lightning checkpoint to check it before any work starts; returns its contents (None if no path).
-
-    Loads with ``weights_only=True``: a checkpoint that holds pickled Python objects (which could run code
-    when loaded) is refused, as every load in lmsleep does.
-    """
-    if path is None:
-        return None
-    file = Path(str(path)).expanduser()
-    if file.is_dir():
-        inside = sorted(p.name for p in file.glob("*.ckpt")) or sorted(
-            str(p.relative_to(file)) for p in file.glob("*/*.ckpt")
-        )
-        hint = f" (it holds {', '.join(inside[:4])})" if inside else ""
-        raise ConfigError(f"{what}={path} is a directory{hint}; pass the path of a .ckpt file inside it")
-    if not file.is_file():
-        raise ConfigError(
-            f"{what}={path} does not exist; pass the path of a .ckpt file written by `lmsleep fit`"
-        )
-    if file.stat().st_size == 0:
-        raise ConfigError(
-            f"{what}={path} is an empty file (0 bytes; an interrupted copy or save?); pass a complete .ckpt file"
-        )
-    try:
-        # mmap: tensors stay on disk, so checking (and reading the stored overrides) costs no full read;
-        # Lightning loads the checkpoint for real afterwards.
-        ckpt = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise ConfigError(
-            f"{what}={path} holds pickled Python objects, which lmsleep does not load (loading them could run "
-            "code); checkpoints written by this lmsleep hold only tensors and plain containers"
-        ) from exc
-    except Exception as exc:  # any unreadable file is the same user error
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ConfigError(
-            f"{what}={path} is not a readable checkpoint ({type(exc).__name__}: {first_line})"
-        ) from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"{what}={path} is not a Lightning checkpoint (it holds no 'state_dict')")
-    return ckpt
-
-
-def check_fits_model(ckpt: dict[str, Any] | None, model: torch.nn.Module, path: str) -> None:
-    """Check that a checkpoint's weights have the names and shapes of ``model``'s, before any work starts."""
-    if ckpt is None:
-        return
-    mine = model.state_dict()
-    theirs = ckpt["state_dict"]
-    missing = [k for k in mine if k not in theirs]
-    extra = [k for k in theirs if k not in mine]
-    shapes = [
-        f"{k} is {list(theirs[k].shape)} there but {list(mine[k].shape)} here"
-        for k in mine
-        if k in theirs and tuple(theirs[k].shape) != tuple(mine[k].shape)
-    ]
-    if missing or extra or shapes:
-        problems = shapes[:2] + [f"{k} is missing there" for k in missing[:2]]
-        problems += [f"{k} is not in this model" for k in extra[:2]]
-        raise ConfigError(
-            f"ckpt_path={path} does not fit the configured model ({'; '.join(problems)}"
-            f"{', ...' if len(missing) + len(extra) + len(shapes) > len(problems) else ''}); "
-            "drop the model overrides that differ from the run that wrote it (its overrides are re-applied "
-            "unless you pass others)"
-        )
-
-
-def check_fits_data(ckpt: dict[str, Any] | None, datamodule: Any, path: str) -> None:
-    """Check that a checkpoint's saved data state (a text run's tokenizer) is the configured data's, before any
-    work starts (Lightning restores it later, inside the fit or test)."""
-    saved = (ckpt or {}).get(type(datamodule).__qualname__)
-    if saved is None:  # task data saves no state
-        return
-    try:
-        datamodule.load_state_dict(saved)
-    except ValueError as exc:
-        raise ConfigError(f"ckpt_path={path} does not fit the configured data: {exc}") from exc
 
 
 # Trainer settings that Lightning compares with numbers: a string there fails deep inside Lightning with a
