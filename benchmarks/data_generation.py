@@ -21,10 +21,10 @@ from lmsleep.utils.config import config_dir
 
 # The tasks exactly as the paper-size experiments configure them (one source for their settings).
 EXPERIMENTS = {
-    "rule110 (paper)": ["experiment=rule110_sleep_paper"],
-    "depo (paper)": ["experiment=depo_sleep_paper"],
-    "gsm_inf (paper, modular)": ["experiment=gsm_inf_sleep_paper", "data.task.modular=true"],
-    "gsm_inf (paper)": ["experiment=gsm_inf_sleep_paper", "data.task.modular=false"],
+    "rule110 (paper)": ["experiment=paper/rule110_sleep"],
+    "depo (paper)": ["experiment=paper/depo_sleep"],
+    "gsm_inf (paper, modular)": ["experiment=paper/gsm_inf_sleep", "data.task.modular=true"],
+    "gsm_inf (paper)": ["experiment=paper/gsm_inf_sleep", "data.task.modular=false"],
 }
 
 

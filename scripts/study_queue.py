@@ -6,8 +6,8 @@
 ``QUEUE`` is a text file with one run per line, its ``lmsleep fit`` overrides (blank lines and ``#`` comments
 are skipped), e.g.::
 
-    experiment=text_stdlib_sleep model.sleep.passes=1 seed=0
-    experiment=text_stdlib_sleep model.sleep.passes=2 seed=0
+    experiment=study/text model.sleep.passes=1 seed=0
+    experiment=study/text model.sleep.passes=2 seed=0
 
 Each run has a fixed folder, ``<log-dir>/queue/<its overrides as a name>/`` (e.g. ``experiment-text_stdlib_sleep_seed-1``), so running the same queue again
 (after a crash, a preemption or the end of a working session) skips the runs that finished, resumes the one

@@ -44,7 +44,9 @@ TINY = TINY_DATA + TINY_MODEL
 
 def config_names(group: str) -> list[str]:
     """Every option of a config group, found on disk (so configs added later are covered too)."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted(
+        str(p.relative_to(CONFIG_DIR / group).with_suffix("")) for p in (CONFIG_DIR / group).rglob("*.yaml")
+    )
 
 
 def compose_config(

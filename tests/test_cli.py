@@ -254,6 +254,12 @@ def test_cli_usage(cli, tmp_path):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.M)
 
 
+def test_cli_without_a_command_is_a_usage_error(cli_in_process, tmp_path):
+    result = cli_in_process(cwd=tmp_path)
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.startswith("lmsleep: error: no command given\n\nusage: lmsleep COMMAND")
+
+
 def test_cli_prints_the_composed_config(cli, tmp_path):
     result = cli("fit", "experiment=rule110_transformer", "data.task.width=12", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -16,13 +16,16 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from lmsleep.train import train
-from lmsleep.utils.config import build_data_and_model
+from lmsleep.utils.config import RENAMED, build_data_and_model, with_current_names
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    """Every config of a group, nested ones by their path (``paper/rule110_sleep``)."""
+    return sorted(
+        str(p.relative_to(CONFIGS / group).with_suffix("")) for p in (CONFIGS / group).rglob("*.yaml")
+    )
 
 
 def shrink(cfg) -> None:
@@ -126,7 +129,7 @@ def test_experiment_composes_and_builds(compose, name, one_thread):
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.slow) if n.endswith("_paper") else n for n in options("experiment")],
+    [pytest.param(n, marks=pytest.mark.slow) if n.startswith("paper/") else n for n in options("experiment")],
 )
 def test_experiment_runs_fast_dev_run(compose_fit, name, one_thread):
     cfg = compose_fit(f"experiment={name}", "debug=fdr")
@@ -258,14 +261,14 @@ def test_staged_recipe_warms_up_hard_then_trains_under_the_configured_eviction(c
 
 
 def test_paper_rule110_budget_is_the_papers_five_billion_tokens(compose):
-    cfg = compose(["experiment=rule110_sleep_paper"])
+    cfg = compose(["experiment=paper/rule110_sleep"])
     task = instantiate(cfg.data.task)
     tokens = cfg.trainer.max_steps * cfg.data.batch_size * task.max_length
     assert task.max_length == 101
     assert 4.9e9 < tokens < 5.1e9
 
 
-@pytest.mark.parametrize("name", ["rule110_sleep_paper", "depo_sleep_paper", "gsm_inf_sleep_paper"])
+@pytest.mark.parametrize("name", ["paper/rule110_sleep", "paper/depo_sleep", "paper/gsm_inf_sleep"])
 def test_paper_experiments_state_a_global_batch_split_over_devices(compose, name):
     cfg = compose([f"experiment={name}"])
     assert cfg.data.batch_size == cfg.global_batch_size  # one CPU device
@@ -274,3 +277,26 @@ def test_paper_experiments_state_a_global_batch_split_over_devices(compose, name
     cfg = compose([f"experiment={name}", "trainer.devices=3"])
     with pytest.raises(Exception, match="does not split evenly over 3 devices"):
         _ = cfg.data.batch_size
+
+
+@pytest.mark.parametrize("old", sorted(RENAMED["experiment"]))
+def test_renamed_experiments_compose_what_their_new_names_do(compose, old, capsys):
+    """The names of an earlier release keep working (one release) through the CLI, with a one-line notice."""
+    new = RENAMED["experiment"][old]
+    assert new in options("experiment")
+    assert with_current_names([f"experiment={old}", "seed=1"]) == [f"experiment={new}", "seed=1"]
+    assert capsys.readouterr().err == (
+        f"lmsleep: experiment={old} is now experiment={new}; the old name goes in the next release\n"
+    )
+
+
+def test_studies_do_not_inherit_from_recipes():
+    """Editing a recipe (experiment/*.yaml) must not change a finished study (experiment/study/*.yaml): a study's
+    defaults are itself, group overrides (data, model, ...) and other configs of the same study folder."""
+    for path in sorted((CONFIGS / "experiment" / "study").glob("*.yaml")):
+        for entry in OmegaConf.load(path).get("defaults", []):
+            if isinstance(entry, str):
+                assert entry == "_self_" or entry.startswith("/experiment/study/"), f"{path.name}: {entry}"
+            else:
+                (key,) = entry
+                assert key.startswith("override /") and "experiment" not in key, f"{path.name}: {entry}"

@@ -112,7 +112,7 @@ def test_slurm_script_resumes_in_its_run_folder(tmp_path):
 
     def submit(status: int = 0) -> list[str]:
         done = subprocess.run(
-            ["bash", str(REPO / "scripts" / "slurm_fit.sbatch"), "experiment=rule110_sleep_paper"],
+            ["bash", str(REPO / "scripts" / "slurm_fit.sbatch"), "experiment=paper/rule110_sleep"],
             cwd=tmp_path,
             env={**env, "FAKE_STATUS": str(status)},
             capture_output=True,
@@ -130,7 +130,7 @@ def test_slurm_script_resumes_in_its_run_folder(tmp_path):
         "trainer.devices=8",
         "hydra.run.dir=logs/slurm/4242",
     } <= set(first)
-    assert first[-1] == "experiment=rule110_sleep_paper" and "ckpt_path=last" not in first
+    assert first[-1] == "experiment=paper/rule110_sleep" and "ckpt_path=last" not in first
     (tmp_path / "logs" / "slurm" / "4242" / "checkpoints").mkdir(parents=True)
     (tmp_path / "logs" / "slurm" / "4242" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert "ckpt_path=last" in submit()  # the requeued job goes on from its newest checkpoint

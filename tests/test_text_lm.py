@@ -233,11 +233,11 @@ def test_generate_in_process_and_its_errors(text_run, compose, tmp_path, capsys)
 
 def test_stdlib_resolver_names_this_pythons_standard_library(compose):
     assert OmegaConf.create({"p": "${lmsleep.stdlib:}"}).p == sysconfig.get_paths()["stdlib"]
-    cfg = compose(["experiment=text_stdlib_sleep"])
+    cfg = compose(["experiment=study/text"])
     assert cfg.data.paths == [sysconfig.get_paths()["stdlib"]] and Path(cfg.data.paths[0]).is_dir()
     assert cfg.model.sleep.window == cfg.data.window == 128 and cfg.model.sleep.eviction == "hard"
     budgets = set()
-    for name in ("text_stdlib_sleep", "text_stdlib_transformer", "text_stdlib_sliding"):
+    for name in ("study/text", "study/text_transformer", "study/text_sliding"):
         c = compose([f"experiment={name}"])
         budgets.add((c.trainer.max_steps, c.data.batch_size, c.data.seq_len))
     assert budgets == {(400, 16, 1024)}  # one token budget for the study and its baselines

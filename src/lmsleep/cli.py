@@ -20,7 +20,13 @@ from lmsleep.utils.checkpoint import (
     last_value,
     stored_overrides,
 )
-from lmsleep.utils.config import ConfigError, check_writable_dir, config_dir, with_user_searchpath
+from lmsleep.utils.config import (
+    ConfigError,
+    check_writable_dir,
+    config_dir,
+    with_current_names,
+    with_user_searchpath,
+)
 
 log = logging.getLogger("lmsleep")
 
@@ -219,13 +225,18 @@ def _run(config_name: str, task, args: list[str], command: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:  # a usage error: the help, on stderr, and status 2
+        print(f"lmsleep: error: no command given\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    if args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
     if args[0] not in COMMANDS and os.environ.get("LOCAL_RANK") and os.environ.get(COMMAND_ENV) in COMMANDS:
         args = [os.environ[COMMAND_ENV], *args]  # a DDP rank > 0 started by Lightning's launcher
     command, rest = args[0], args[1:]
     try:
+        if command != "report":
+            rest = with_current_names(rest, notice=not os.environ.get("LOCAL_RANK"))
         if command in ("fit", "test", "generate"):
             rest, trust = _take_trust(rest)
         if command == "fit":

@@ -313,3 +313,27 @@ def test_tokenizer_must_match_the_checkpoint(corpus, tmp_path):
     other = TextDataModule(paths=[str(root)], tokenizer=str(path), seq_len=16, **SHARES)
     with pytest.raises(ValueError, match=r"trained with another tokenizer \(bytes"):
         other.load_state_dict(dm.state_dict())
+
+
+@pytest.mark.parametrize("count", [3, 4, 8])
+def test_a_small_corpus_gives_val_and_test_a_document_each(tmp_path, count):
+    """Hash shares of 5 % leave val and test empty for most corpora of a few files: with >= 3 documents each
+    split still gets one, by document and the same for the same content."""
+    from lmsleep.data.corpus import Document, split_documents
+
+    docs = [Document(f"d{i}", f"document {i} ".encode() * 20) for i in range(count)]
+    splits = split_documents(docs, 0.05, 0.05)
+    assert all(splits[s] for s in ("train", "val", "test"))
+    assert sorted(d.source for s in splits.values() for d in s) == sorted(d.source for d in docs)
+    assert splits == split_documents(list(reversed(docs)), 0.05, 0.05)
+    for i in range(count):
+        (tmp_path / f"f{i}.txt").write_text(f"document {i} " * 20)
+    data = TextDataModule(paths=[str(tmp_path)], seq_len=8, val_size=None, test_size=None)
+    assert all(len(data.streams[s]) >= 1 for s in ("train", "val", "test"))
+
+
+def test_fewer_than_three_documents_keep_the_clear_error(tmp_path):
+    for i in range(2):
+        (tmp_path / f"f{i}.txt").write_text(f"document {i} " * 20)
+    with pytest.raises(ValueError, match="corpus is too small"):
+        TextDataModule(paths=[str(tmp_path)], seq_len=8, val_size=None, test_size=None)

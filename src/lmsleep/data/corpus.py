@@ -50,6 +50,28 @@ def split_of(key: int, val_fraction: float, test_fraction: float) -> str:
     return "val" if u >= 1.0 - test_fraction - val_fraction else "train"
 
 
+def split_documents(
+    documents: Sequence[Document], val_fraction: float, test_fraction: float
+) -> dict[str, list[Document]]:
+    """The documents of each split, by the hash of their content (:func:`split_of`), in hash order.
+
+    A small corpus can leave val or test empty by chance; with at least 3 documents each split gets at least
+    one: an empty split takes the document of the fullest split whose hash lies nearest its own share (test
+    the highest, train the lowest, val the highest below test's). Still by document, still fixed by content.
+    """
+    by_split: dict[str, list[Document]] = {s: [] for s in SPLITS}
+    for doc in sorted(documents, key=lambda d: (d.key, d.source)):  # fixed, whatever the file system's order
+        by_split[split_of(doc.key, val_fraction, test_fraction)].append(doc)
+    if len(documents) >= 3:
+        for split in ("test", "val", "train"):
+            if not by_split[split]:
+                donor = max(SPLITS, key=lambda s: (len(by_split[s]), s == "train"))
+                moved = by_split[donor].pop(0 if split == "train" else -1)
+                by_split[split] = [moved]
+                by_split[donor].sort(key=lambda d: (d.key, d.source))
+    return by_split
+
+
 @lru_cache(maxsize=64)
 def glob_regex(pattern: str) -> re.Pattern:
     """A glob over ``/``-separated paths: ``**/`` is any number of folders (none too), ``*`` and ``?`` stay

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from lmsleep.data.corpus import FORMATS, SPLITS, Document, find_files, read_documents, split_of
+from lmsleep.data.corpus import FORMATS, SPLITS, Document, find_files, read_documents, split_documents
 from lmsleep.data.resumable import ResumableDataLoader, SkippingBatchSampler
 from lmsleep.data.task import IGNORE_INDEX
 from lmsleep.data.tokenizer import load_tokenizer, tokenizer_from_dict
@@ -205,10 +205,7 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(tokenizer, eod_token)
         files = find_files(list(paths), glob, list(exclude))
         documents = [d for d in read_documents(files, format) if d.text or d.prompt]
-        by_split: dict[str, list[Document]] = {s: [] for s in SPLITS}
-        order = sorted(documents, key=lambda d: (d.key, d.source))  # fixed, whatever the file system's order
-        for doc in order:
-            by_split[split_of(doc.key, val_fraction, test_fraction)].append(doc)
+        by_split = split_documents(documents, val_fraction, test_fraction)
         self.streams = {s: build_stream(by_split[s], self.tokenizer, self.seq_len, self.pack) for s in SPLITS}
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self._check_sizes(len(files), len(documents))

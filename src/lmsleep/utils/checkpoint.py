@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from omegaconf import Container, OmegaConf
 
-from lmsleep.utils.config import ConfigError, config_dir, with_user_searchpath
+from lmsleep.utils.config import ConfigError, config_dir, with_current_names, with_user_searchpath
 
 # Hydra's instantiation keys: a config node that holds one of them is code, not a setting.
 HYDRA_CALL_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
@@ -174,6 +174,7 @@ def stored_overrides(ckpt: dict[str, Any], args: list[str], keys: tuple[str, ...
             "the checkpoint's stored overrides are not a list of strings (not written by `lmsleep fit`); "
             + TRUST_HINT.split("; otherwise ")[1]
         )
+    stored = with_current_names(stored, notice=False)  # a checkpoint of an earlier release names old configs
     user_keys = {a.lstrip("+~").split("=", 1)[0] for a in args}
     return [
         o
