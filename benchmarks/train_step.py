@@ -57,7 +57,7 @@ def bare_fit(args: argparse.Namespace, steps: int):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import lmsleep.train
+    import lmsleep.run
     from lmsleep.utils.config import config_dir
 
     overrides = [
@@ -75,8 +75,8 @@ def bare_fit(args: argparse.Namespace, steps: int):
     with open_dict(cfg):
         cfg.paths.output_dir = run_dir.name
     if args.precision.startswith("bf16"):  # measure what lmsleep's CPU bf16 refusal rests on
-        lmsleep.train.check_precision = lambda trainer_cfg: None
-    datamodule, model, trainer, _ = lmsleep.train.build_run(cfg)
+        lmsleep.run.check_precision = lambda trainer_cfg: None
+    datamodule, model, trainer, _ = lmsleep.run.build_run(cfg)
     return cfg, datamodule, model, trainer, run_dir
 
 

@@ -11,7 +11,7 @@ import torch
 
 from lmsleep.lit.optim import MuonAdamW, OptimConfig, build_optimizer, split_parameters
 from lmsleep.models import HybridLM
-from lmsleep.train import build_run
+from lmsleep.run import build_run
 
 # A tiny sleeping hybrid on Rule 110 (W = L = 6, 4 states: 5 windows, N = 2), warm-up off so that the first
 # steps move the weights at the peak rate.

@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lmsleep.data import Rule110Task
-from lmsleep.plots import depth_bar_figure, rule110_figure
+from lmsleep.reporting.plots import depth_bar_figure, rule110_figure
 from lmsleep.train import train
 
 SHORT_FIT = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmsleep.cli import main
-from lmsleep.report import report
+from lmsleep.reporting.report import report
 from lmsleep.train import train
 from lmsleep.utils.config import ConfigError
 
@@ -126,7 +126,7 @@ def test_results_notebook_draws_a_study_from_its_raw_files(
 def test_labels_name_the_model_passes_and_eviction(compose, tiny, tmp_path, overrides, label):
     from omegaconf import OmegaConf
 
-    from lmsleep.report import run_settings
+    from lmsleep.reporting.report import run_settings
 
     cfg = compose([*tiny, "task_name=t", *overrides], "fit", tmp_path / "run")
     # as a run folder's config.yaml holds it
@@ -134,7 +134,7 @@ def test_labels_name_the_model_passes_and_eviction(compose, tiny, tmp_path, over
 
 
 def test_best_value_is_the_smallest_for_losses_and_bits_and_the_largest_for_accuracies():
-    from lmsleep.report import summary_table
+    from lmsleep.reporting.report import summary_table
 
     series = {
         "val/bpb": [(1, 10, 3.9), (2, 20, 2.1), (3, 30, 2.2)],
@@ -150,7 +150,7 @@ def test_best_value_is_the_smallest_for_losses_and_bits_and_the_largest_for_accu
 
 
 def test_bucket_table_gives_each_depth_its_final_test_metrics_over_seeds():
-    from lmsleep.report import bucket_table, summary_table
+    from lmsleep.reporting.report import bucket_table, summary_table
 
     def run(seed, acc_k2):
         series = {
@@ -177,7 +177,7 @@ def test_bucket_table_gives_each_depth_its_final_test_metrics_over_seeds():
 
 
 def test_bucket_curves_draw_one_panel_per_configuration_with_mixed_depths_and_one_line_per_bucket():
-    from lmsleep.study_figures import bucket_curves_figure
+    from lmsleep.reporting.study_figures import bucket_curves_figure
 
     def run(seed, buckets):
         series = {f"val/acc_exact@k={k}": [(10, 100, 0.1 * k), (20, 200, 0.2 * k + seed)] for k in buckets}
@@ -233,7 +233,7 @@ def write_raw(folder: Path, name: str, label: str, seed: int, settings: dict) ->
 
 
 def test_runs_that_differ_in_their_budget_are_separate_configurations_not_seeds(tmp_path):
-    from lmsleep.report import load_raw
+    from lmsleep.reporting.report import load_raw
 
     def write(name, seed, max_steps):
         budget = {} if max_steps is None else {"max_steps": max_steps}
@@ -256,7 +256,7 @@ def test_runs_that_differ_in_their_budget_are_separate_configurations_not_seeds(
 
 
 def test_runs_that_differ_in_their_layout_are_separate_configurations(tmp_path):
-    from lmsleep.report import load_raw
+    from lmsleep.reporting.report import load_raw
 
     def write(name, seed, layout):
         settings = {"max_steps": 1000, "layout": layout, "data": {"hops": [1, 2]}}
@@ -272,7 +272,7 @@ def test_runs_that_differ_in_their_layout_are_separate_configurations(tmp_path):
 
 
 def test_settings_a_raw_file_predates_are_left_out_of_its_label_not_called_none(tmp_path):
-    from lmsleep.report import load_raw
+    from lmsleep.reporting.report import load_raw
 
     # two old runs (no budget or layout recorded) at t = 3 beside newer runs at t = 4 of two budgets
     write_raw(tmp_path, "a", "d hybrid N=1", 0, {"data": {"steps": 3}})
@@ -288,8 +288,8 @@ def test_settings_a_raw_file_predates_are_left_out_of_its_label_not_called_none(
 
 
 def test_depth_figure_joins_a_sweep_but_not_other_budgets_or_runs_that_mix_depths(tmp_path):
-    from lmsleep.report import load_raw
-    from lmsleep.study_figures import depth_figure
+    from lmsleep.reporting.report import load_raw
+    from lmsleep.reporting.study_figures import depth_figure
 
     def write(name, seed, steps, max_steps, finals):
         settings = {"max_steps": max_steps, "layout": "attn,ssm", "data": {"steps": steps}}
@@ -314,7 +314,7 @@ def test_depth_figure_joins_a_sweep_but_not_other_budgets_or_runs_that_mix_depth
 def test_curves_of_more_configurations_than_colours_are_told_apart_and_bands_match_their_line():
     from matplotlib.colors import to_rgba
 
-    from lmsleep.study_figures import curves_figure
+    from lmsleep.reporting.study_figures import curves_figure
 
     def run(seed, value):
         curve = [(10, 100, value), (20, 200, value + 0.1)]
@@ -341,7 +341,7 @@ def test_curves_of_more_configurations_than_colours_are_told_apart_and_bands_mat
 def test_depth_figure_tells_apart_more_single_depth_points_than_colours():
     from matplotlib.colors import to_rgba
 
-    from lmsleep.study_figures import depth_figure
+    from lmsleep.reporting.study_figures import depth_figure
 
     groups = {
         f"config {i}": [

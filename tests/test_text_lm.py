@@ -20,7 +20,7 @@ from lmsleep.data import ByteTokenizer
 from lmsleep.generate import generate
 from lmsleep.lit.metrics import WindowLMMetrics
 from lmsleep.models import Stream
-from lmsleep.report import report
+from lmsleep.reporting.report import report
 from lmsleep.train import train
 from lmsleep.utils.config import ConfigError
 

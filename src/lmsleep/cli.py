@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         elif command in ("export-data", "export_data", "export"):
             _run("export", _export, rest, "export-data")
         elif command == "report":
-            from lmsleep.report import main as report_main
+            from lmsleep.reporting.report import main as report_main
 
             report_main(rest)
         else:

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from lmsleep.callbacks.preemption import Preempted
-from lmsleep.train import as_floats, build_run, finish_run
+from lmsleep.run import as_floats, build_run, finish_run
 from lmsleep.utils.checkpoint import check_checkpoint, check_fits_data, check_fits_model
 from lmsleep.utils.config import ConfigError
 

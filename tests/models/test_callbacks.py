@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import lmsleep.run
 import lmsleep.train
 from lmsleep.callbacks import SleepSchedule
 from lmsleep.callbacks.sleep_schedule import parameter_group
@@ -181,14 +182,14 @@ def _fit(output_dir: Path, *overrides: str) -> tuple[dict, dict, StepRecorder]:
         keep_callbacks=["model_checkpoint", "sleep_monitor", "sleep_schedule"],
     )
     recorder = StepRecorder()
-    original = lmsleep.train.instantiate_group
+    original = lmsleep.run.instantiate_group
 
     def with_recorder(group, kind):
         objects = original(group, kind)
         return [*objects, recorder] if kind == "callback" else objects
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lmsleep.train, "instantiate_group", with_recorder)
+        mp.setattr(lmsleep.run, "instantiate_group", with_recorder)
         metrics, objects = lmsleep.train.train(cfg)
     return metrics, objects, recorder
 

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 
+import lmsleep.run
 import lmsleep.train
 from lmsleep.lit.metrics import AnswerMetrics, masked_cross_entropy
 from lmsleep.train import train
@@ -67,13 +68,13 @@ def test_each_step_leaves_only_its_own_gradient_in_every_parameter(tmp_path, mon
 
 def _train_with(cfg, callback, monkeypatch):
     """``train(cfg)`` with one more callback (a config cannot name an object the test holds)."""
-    original = lmsleep.train.instantiate_group
+    original = lmsleep.run.instantiate_group
 
     def with_callback(group, kind):
         objects = original(group, kind)
         return [*objects, callback] if kind == "callback" else objects
 
-    monkeypatch.setattr(lmsleep.train, "instantiate_group", with_callback)
+    monkeypatch.setattr(lmsleep.run, "instantiate_group", with_callback)
     return train(cfg)
 
 

@@ -34,7 +34,7 @@ class ValidationPictures(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if writer is None or datamodule is None:
             return
-        from lmsleep.plots import depth_bar_figure, rule110_figure
+        from lmsleep.reporting.plots import depth_bar_figure, rule110_figure
 
         step = trainer.global_step
         metrics = {

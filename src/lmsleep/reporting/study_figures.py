@@ -1,5 +1,5 @@
 """The figures of a study (``lmsleep report``, ``notebooks/results.ipynb``), drawn from runs loaded by
-:func:`lmsleep.report.load_raw`: ``{configuration label: [{"seed", "meta", "series": {tag: [(step, tokens,
+:func:`lmsleep.reporting.report.load_raw`: ``{configuration label: [{"seed", "meta", "series": {tag: [(step, tokens,
 value)]}}]}``.
 
 - ``curves``: validation exact and per-answer accuracy (text runs: bits per byte and loss) against training
@@ -23,7 +23,7 @@ from collections import defaultdict
 from itertools import cycle
 from typing import Any
 
-from lmsleep.plots import pyplot
+from lmsleep.reporting.plots import pyplot
 
 DEPTH_TAG = re.compile(r"^test/acc_exact@(\w+)=(\d+)$")
 VAL_DEPTH_TAG = re.compile(r"^val/acc_exact@(\w+)=(\d+)$")

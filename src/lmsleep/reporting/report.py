@@ -8,7 +8,7 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
 - ``<out>/summary.md``: per configuration (runs that differ only in their seed), the final and the best value
   of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained, and the
   final test metrics of each depth bucket (``test/acc@k=2``; a text run's ``@window=``) the same way;
-- ``<out>/<figure>.png``: the figures of :mod:`lmsleep.study_figures` (``curves``, ``buckets``, ``final``,
+- ``<out>/<figure>.png``: the figures of :mod:`lmsleep.reporting.study_figures` (``curves``, ``buckets``, ``final``,
   ``depth``, ``window``), each where the runs logged what it draws.
 
 Tokens are ``step x batch_size x (the task's max_length, or a text run's seq_len)`` summed over devices, i.e.
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from lmsleep.data.task import task_from_config
-from lmsleep.plots import pyplot
-from lmsleep.study_figures import figures
+from lmsleep.reporting.plots import pyplot
+from lmsleep.reporting.study_figures import figures
 from lmsleep.utils.config import ConfigError
 
 FINAL_METRICS = (
