@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help install install-cuda train test test-all test-gpu lint format bench tensorboard clean
+.PHONY: help install install-cuda train test test-all test-gpu lint format bench notebooks tensorboard clean
 
 help:
 	@echo "make train      set up .venv and run the default experiment on CPU (minutes)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-gpu   install the cuda extra (mamba-ssm, flash-linear-attention), run the GPU tests"
 	@echo "make lint       ruff check and ruff format --check (what CI runs)"
 	@echo "make format     ruff format"
+	@echo "make notebooks  re-execute notebooks/*.ipynb in place (they are committed with their outputs)"
 	@echo "make tensorboard  open TensorBoard on logs/"
 
 $(PY):
@@ -70,6 +71,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_floor.py --experiment depo_sleep --passes 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
 	$(PY) benchmarks/sleep_throughput.py
 	$(PY) benchmarks/write_results.py
+
+notebooks: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[notebooks]"
+	$(PY) scripts/run_notebooks.py notebooks/*.ipynb
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir logs

@@ -51,9 +51,8 @@ def check_precision(trainer_cfg: DictConfig) -> None:
     if trainer_cfg.get("accelerator") == "cpu" and precision.startswith("bf16"):
         raise ConfigError(
             f"trainer.precision={precision} on CPU is refused: bf16 made the training step slower than fp32 "
-            "on every CPU measured, AMX included (0.87-0.95x fp32's speed at N = 1, 0.76-0.82x at N = 2: matmuls "
-            "are a small share of a step and autocast adds casts); use trainer.precision=32-true on CPU, bf16-mixed "
-            "on GPUs"
+            "on every CPU measured, AMX included (matmuls are a small share of a step and autocast adds casts; "
+            "benchmarks/RESULTS.md); use trainer.precision=32-true on CPU, bf16-mixed on GPUs"
         )
 
 
