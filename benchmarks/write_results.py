@@ -1,6 +1,6 @@
 """Write ``benchmarks/RESULTS.md`` from the JSON files the benchmarks left in ``benchmarks/results/``.
 
-    python benchmarks/write_results.py          # after `make bench` (which calls it)
+    python -m benchmarks.write_results          # after `make bench` (which calls it)
 
 The figure of the sleep-throughput study is copied next to RESULTS.md (``benchmarks/figures/``) so the
 committed page shows it; the JSON files themselves stay in the ignored ``results/`` folder.
@@ -9,52 +9,20 @@ committed page shows it; the JSON files themselves stay in the ignored ``results
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 from pathlib import Path
 
+from benchmarks.common import machine
+
 HERE = Path(__file__).resolve().parent
 RESULTS, FIGURES = HERE / "results", HERE / "figures"
-
-
-def cpuinfo(field: str) -> str | None:
-    """The value of the first ``field`` line of /proc/cpuinfo (``model name``, ``flags``), None if absent."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_name() -> str:
-    return cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-# The vector and matrix units that decide fp32 and bf16 speed, by /proc/cpuinfo flag.
-UNITS = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16")]
-
-
-def cpu_features() -> str:
-    flags = cpuinfo("flags")
-    if flags is None:
-        return "unknown"
-    found = [name for flag, name in UNITS if flag in set(flags.split())]
-    return ", ".join(found) if found else "no AVX2"
-
-
-def load(name: str) -> dict | None:
-    path = RESULTS / name
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def train_step_section(data: dict, title: str) -> list[str]:
     args, peak = data["args"], data["peak_gflops"]
     against = args.get("against")
     cmd = (
-        f"python benchmarks/train_step.py --experiment {args['experiment']} --passes "
+        f"python -m benchmarks.train_step --experiment {args['experiment']} --passes "
         + " ".join(map(str, args["passes"]))
         + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
         + (f" --precision {args['precision']}" if args["precision"] != "32-true" else "")
@@ -96,7 +64,7 @@ def step_floor_section(data: dict, title: str) -> list[str]:
     args = data["args"]
     against = args.get("against")
     cmd = (
-        f"python benchmarks/step_floor.py --experiment {args['experiment']} --passes "
+        f"python -m benchmarks.step_floor --experiment {args['experiment']} --passes "
         + " ".join(map(str, args["passes"]))
         + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
         + (f" --against {against}" if against else "")
@@ -130,7 +98,7 @@ def step_floor_section(data: dict, title: str) -> list[str]:
 def throughput_section(data: dict) -> list[str]:
     a = data["args"]
     cmd = (
-        "python benchmarks/sleep_throughput.py --passes "
+        "python -m benchmarks.sleep_throughput --passes "
         + " ".join(map(str, a["passes"]))
         + " --windows "
         + " ".join(map(str, a["windows"]))
@@ -171,22 +139,28 @@ def generic_section(title: str, rows: list[dict], cmd: str) -> list[str]:
     return lines + [""]
 
 
-def main() -> None:
-    import torch
+def machine_line(recorded: list[dict]) -> str:
+    """The machine the figures were measured on, as the result files record it (this machine for files
+    written before they did)."""
+    lines = []
+    for m in recorded or [machine()]:
+        line = f"{m['cpu']} ({m['features']}), {m['cores']} cores; torch {m['torch']}, {m['threads']} threads"
+        if line not in lines:
+            lines.append(line)
+    return ("Machine: " if len(lines) == 1 else "Machines: ") + "; ".join(lines) + "."
 
-    lines = [
-        "# Benchmark results",
-        "",
-        "Written by `make bench` (`python benchmarks/write_results.py`) from the JSON files in "
-        "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
-        "in one run (`--against`), never figures from different days.",
-        "",
-        f"Machine: {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.",
-        "",
-        "## Training step",
-        "",
-    ]
+
+def main() -> None:
+    loaded: list[dict] = []
+
+    def load(name: str) -> dict | None:
+        path = RESULTS / name
+        data = json.loads(path.read_text()) if path.is_file() else None
+        if data:
+            loaded.append(data)
+        return data
+
+    lines = ["## Training step", ""]
     for name, title in [
         ("train_step_rule110_sleep.json", "Rule 110 (`experiment=rule110_sleep`)"),
         ("train_step_depo_sleep.json", "Depo (`experiment=depo_sleep`)"),
@@ -211,16 +185,26 @@ def main() -> None:
     ops = load("ops.json")
     if ops:
         lines += ["## Fast-weight ops", ""] + generic_section(
-            "Forward + backward tokens/s by backend", ops["rows"], "python benchmarks/ops.py"
+            "Forward + backward tokens/s by backend", ops["rows"], "python -m benchmarks.ops"
         )
     wake = load("wake_latency.json")
     if wake:
         lines += ["## Wake latency", ""]
-        lines += generic_section("Streaming decode", wake["stream"], "python benchmarks/wake_latency.py")
+        lines += generic_section("Streaming decode", wake["stream"], "python -m benchmarks.wake_latency")
         lines += generic_section(
-            "Training cost against N", wake["training"], "python benchmarks/wake_latency.py"
+            "Training cost against N", wake["training"], "python -m benchmarks.wake_latency"
         )
-    (HERE / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n")
+    header = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`python -m benchmarks.write_results`) from the JSON files in "
+        "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
+        "in one run (`--against`), never figures from different days.",
+        "",
+        machine_line([d["machine"] for d in loaded if "machine" in d]),
+        "",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(header + lines).rstrip() + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 
