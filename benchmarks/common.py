@@ -138,22 +138,23 @@ def time_steps(
 
 
 # --- the model alone ----------------------------------------------------------------------------------------
-def model_step(model, ids, sleep_cfg, optimizer) -> Callable[[], float]:
+def model_step(model, ids, sleep_cfg, optimizer) -> Callable[[], object]:
     """One training step of a ``HybridLM`` on ``ids [B, T]`` as ``LitLM`` takes it, without Lightning: the
     forward over the windows, next-token cross-entropy, backward, gradient clipping at 1 and ``optimizer``'s
-    step (``lmsleep.lit.optim.build_optimizer``: Muon + AdamW). Returns the step as a function (its loss)."""
+    step (``lmsleep.lit.optim.build_optimizer``: Muon + AdamW). Returns the step as a function (returning its
+    detached loss)."""
     import torch
 
     from lmsleep.models import run_windows
 
-    def step() -> float:
+    def step() -> torch.Tensor:
         logits, _ = run_windows(model, ids, sleep_cfg)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        return float(loss)
+        return loss.detach()
 
     return step
 

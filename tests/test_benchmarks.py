@@ -74,3 +74,33 @@ def test_results_page_from_result_files(tmp_path, monkeypatch):
     assert "Machine: Some CPU (AVX2), 2 cores; torch 2.13.0+cpu, 2 threads." in page
     assert "`python -m benchmarks.wake_latency`" in page
     assert "| 2 | 9627 | 183.5 |" in page
+
+
+def test_step_floor_rows_say_how_far_the_rest_must_shrink():
+    row = {
+        "N": 1,
+        "ms_per_step": 300.0,
+        "fixed_ms_per_step": 40.0,
+        "matmul_ms": 80.0,
+        "matmul_gflop": 8.6,
+        "analytic_training_gflop": 8.3,
+        "rest_ms": 180.0,
+        "aten_ops_per_step": 2717,
+        "floor_ms": 120.0,
+        "speedup_if_rest_were_free": 2.5,
+        "against_ms_per_step": 480.0,
+        "speedup_vs_against": 1.6,
+        "target_ms": 240.0,
+    }
+    args = {
+        "experiment": "rule110_sleep",
+        "passes": [1],
+        "steps": 15,
+        "warmup": 5,
+        "repeats": 3,
+        "against": "abc",
+    }
+    unreachable = {**row, "target_ms": 100.0}
+    lines = write_results.step_floor_section({"args": args, "rows": [row, unreachable]}, "t")
+    assert lines[-3].endswith("| 480.0 | 1.60x | 240.0 | 1.5x |")  # 180 ms of rest into the 120 ms left
+    assert lines[-2].endswith("| out of reach: fixed + matmul exceed it |")
