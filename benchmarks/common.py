@@ -250,6 +250,15 @@ def worker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
 
 
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser.parse_args()``, except that a worker accepts the ``hydra.*`` settings Lightning appends when it
+    starts the other ranks of a data-parallel fit by re-running the worker's command line."""
+    args, extra = parser.parse_known_args()
+    if extra and not (args.worker and all(a.startswith("hydra.") for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def run_worker(
     module: str,
     args: argparse.Namespace,

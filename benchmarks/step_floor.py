@@ -38,6 +38,7 @@ from benchmarks.common import (
     checkout,
     flops_per_token,
     machine,
+    parse_args,
     remove_checkout,
     run_worker,
     step_timer,
@@ -157,7 +158,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/...)")
     p.add_argument("--precision", default="32-true", help=argparse.SUPPRESS)  # a worker's; fp32 only
     worker_args(p)
-    args = p.parse_args()
+    args = parse_args(p)
     if args.worker:
         print(json.dumps(profile_worker(args)))
         return

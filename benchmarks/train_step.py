@@ -36,6 +36,7 @@ from benchmarks.common import (
     flops_per_token,
     machine,
     matmul_peaks,
+    parse_args,
     remove_checkout,
     run_worker,
     step_worker,
@@ -63,7 +64,7 @@ def main() -> None:
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/...)")
     worker_args(p)
-    args = p.parse_args()
+    args = parse_args(p)
     if args.worker:
         result = step_worker(args)
         if result is not None:
