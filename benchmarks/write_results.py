@@ -161,11 +161,18 @@ def cpu_ddp_section(data: dict) -> list[str]:
     return lines + [""]
 
 
-def generic_section(title: str, rows: list[dict], cmd: str) -> list[str]:
+def generic_section(title: str, rows: list[dict], cmd: str, note: str = "") -> list[str]:
     if not rows:
         return []
     keys = list(rows[0])
-    lines = [f"### {title}", "", f"`{cmd}`", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines = [
+        f"### {title}",
+        "",
+        f"`{cmd}`" + (f": {note}." if note else ""),
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+    ]
     for r in rows:
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -228,8 +235,14 @@ def main() -> None:
     if wake:
         lines += ["## Wake latency", ""]
         lines += generic_section("Streaming decode", wake["stream"], "python -m benchmarks.wake_latency")
+        step = (  # files without a recorded machine predate the benchmarks' shared step (issue 30)
+            "step_ms: forward, cross-entropy, backward, clipping and Muon + AdamW (`benchmarks.common.model_step`)"
+            if "machine" in wake
+            else "step_ms: forward and backward of a surrogate loss, no optimiser (measured before the "
+            "benchmarks shared one step; a re-run measures `benchmarks.common.model_step`)"
+        )
         lines += generic_section(
-            "Training cost against N", wake["training"], "python -m benchmarks.wake_latency"
+            "Training cost against N", wake["training"], "python -m benchmarks.wake_latency", step
         )
     header = [
         "# Benchmark results",
