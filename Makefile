@@ -61,16 +61,16 @@ format: $(STAMP)
 # BENCH_AGAINST=<git revision> adds a side-by-side comparison of the training step with that revision.
 BENCH_AGAINST ?=
 bench: $(STAMP)
-	$(PY) benchmarks/ops.py
-	$(PY) benchmarks/wake_latency.py
-	$(PY) benchmarks/data_generation.py
-	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
-	$(PY) benchmarks/train_step.py --experiment depo_sleep --passes 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
-	$(PY) benchmarks/train_step.py --experiment rule110_sleep --passes 1 2 --repeats 3 --precision bf16-mixed --against-precision 32-true --out benchmarks/results/train_step_rule110_sleep_bf16.json
-	$(PY) benchmarks/step_floor.py --experiment rule110_sleep --passes 1 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
-	$(PY) benchmarks/step_floor.py --experiment depo_sleep --passes 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
-	$(PY) benchmarks/sleep_throughput.py
-	$(PY) benchmarks/write_results.py
+	$(PY) -m benchmarks.ops
+	$(PY) -m benchmarks.wake_latency
+	$(PY) -m benchmarks.data_generation
+	$(PY) -m benchmarks.train_step --experiment rule110_sleep --passes 1 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
+	$(PY) -m benchmarks.train_step --experiment depo_sleep --passes 2 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST) --losses 50)
+	$(PY) -m benchmarks.train_step --experiment rule110_sleep --passes 1 2 --repeats 3 --precision bf16-mixed --against-precision 32-true --out benchmarks/results/train_step_rule110_sleep_bf16.json
+	$(PY) -m benchmarks.step_floor --experiment rule110_sleep --passes 1 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
+	$(PY) -m benchmarks.step_floor --experiment depo_sleep --passes 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
+	$(PY) -m benchmarks.sleep_throughput
+	$(PY) -m benchmarks.write_results
 
 notebooks: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[notebooks]"

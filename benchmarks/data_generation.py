@@ -5,8 +5,8 @@ Generation runs in the data-loader workers, so it must keep up with training: at
 (128 Depo, 256 GSM-Infinite) a few ms a sample per worker is plenty. Val/test samples cost more than train
 samples (a draw is kept only if its key hashes into the split's share).
 
-    python benchmarks/data_generation.py               # ms per sample, train and test split
-    python benchmarks/data_generation.py --samples 50
+    python -m benchmarks.data_generation               # ms per sample, train and test split
+    python -m benchmarks.data_generation --samples 50
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ fp32 and bf16 inputs:
 Throughput is tokens/s with tokens = B * T (each token updates H = 8 heads). One measurement = forward,
 a scalar loss and backward through every input. Prints a table and writes JSON.
 
-    python benchmarks/ops.py                 # full sweep -> benchmarks/results/ops.json
-    python benchmarks/ops.py --quick         # T in {64, 256}, fewer repeats
-    python benchmarks/ops.py --out x.json --device cuda   # adds the kernel backends on CUDA
+    python -m benchmarks.ops                 # full sweep -> benchmarks/results/ops.json
+    python -m benchmarks.ops --quick         # T in {64, 256}, fewer repeats
+    python -m benchmarks.ops --out x.json --device cuda   # adds the kernel backends on CUDA
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import machine
 from lmsleep.ops import gated_delta_rule, ssd
 
 B, H, K, V = 4, 8, 64, 64
@@ -209,7 +210,7 @@ def main() -> None:
         "processor": platform.processor(),
         "quick": args.quick,
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"meta": meta, "machine": machine(), "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

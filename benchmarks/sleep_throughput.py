@@ -1,7 +1,8 @@
 """Training throughput against sleep passes N and window L at a fixed sequence length (the paper's Fig. 6).
 
 The hybrid (attn, ssm, attn, ssm; gated delta rule; hard eviction) trains on random tokens: one step is the
-forward over all windows and passes, the backward and the Muon + AdamW step. For every N in ``--passes`` and
+forward over all windows and passes, the backward and the Muon + AdamW step (``benchmarks.common.model_step``,
+timed as every benchmark times a step: ``benchmarks.common.time_steps``). For every N in ``--passes`` and
 L in ``--windows`` the median tokens/s of ``--steps`` timed steps (after warm-up) is reported, with the
 model's training FLOPs per token (``lmsleep.models.flops``) and the achieved GFLOP/s, and both curves are
 drawn to ``benchmarks/results/sleep_throughput.png``.
@@ -11,25 +12,22 @@ head), so the step time grows about linearly, ``t(N) ~ t(1) (1 + (N - 1) f)`` wi
 (the last window never sleeps, the head runs once), and tokens/s falls about as 1/N. N = 1 runs the windows
 in one span (no window loop), which makes it relatively cheaper than the trend through N >= 2.
 
-    python benchmarks/sleep_throughput.py                       # N = 1, 2, 4, 8 x L = 16, 64, 256
-    python benchmarks/sleep_throughput.py --passes 1 2 --windows 64 --steps 3
+    python -m benchmarks.sleep_throughput                       # N = 1, 2, 4, 8 x L = 16, 64, 256
+    python -m benchmarks.sleep_throughput --passes 1 2 --windows 64 --steps 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import RESULTS, machine, model_step, time_steps
 from lmsleep.lit.optim import OptimConfig, build_optimizer
-from lmsleep.models import HybridLM, SleepConfig, run_windows
+from lmsleep.models import HybridLM, SleepConfig
 from lmsleep.models.flops import forward_flops
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(args: argparse.Namespace, passes: int, window: int) -> dict:
@@ -40,23 +38,7 @@ def measure(args: argparse.Namespace, passes: int, window: int) -> dict:
     optimizer = build_optimizer(model, OptimConfig())
     cfg = SleepConfig(passes=passes, window=window, eviction="hard")
     ids = torch.randint(0, vocab, (args.batch, args.seq_len))
-
-    def step() -> None:
-        logits, _ = run_windows(model, ids, cfg)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-
-    for _ in range(args.warmup):
-        step()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
+    sec = time_steps(model_step(model, ids, cfg, optimizer), args.steps, args.warmup).median_s
     tokens = args.batch * args.seq_len
     flops = forward_flops(model, cfg, args.seq_len).training_per_token
     return {
@@ -152,6 +134,7 @@ def main() -> None:
         json.dumps(
             {
                 "args": vars(args),
+                "machine": machine(),
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
                 "rows": rows,

@@ -3,7 +3,8 @@
 For an experiment and each N, three measurements of the real ``LitLM`` step (optimisers, clipping and
 schedule included; no validation, checkpoints, loggers or callbacks), each in a fresh process:
 
-- **step**: ms per step at the recipe's batch (median after warm-up), as ``benchmarks/train_step.py``;
+- **step**: ms per step at the recipe's batch (median after warm-up), timed as ``benchmarks/train_step.py``
+  times it (``benchmarks/common.py``);
 - **matmuls**: every matrix product of one profiled step at the recipe's batch (``aten::mm``, ``bmm``,
   ``addmm``, ``baddbmm``, ``addbmm``, forward, backward and optimiser), replayed alone at its shapes with
   random fp32 inputs on warm caches, summed: a floor for the products themselves at this CPU's speed;
@@ -17,8 +18,8 @@ warm caches). ``fixed + matmuls`` bounds what removing that rest alone could rea
 fewer operations (fusion: a compiler or kernels) or faster products. ``--against REV`` measures REV's step
 beside them (alternated), so a speed-up target such as half REV's step sits in the same table as the floor.
 
-    python benchmarks/step_floor.py --experiment rule110_sleep --passes 1 2 --against aef85d1
-    python benchmarks/step_floor.py --experiment depo_sleep --passes 2 --against aef85d1
+    python -m benchmarks.step_floor --experiment rule110_sleep --passes 1 2 --against aef85d1
+    python -m benchmarks.step_floor --experiment depo_sleep --passes 2 --against aef85d1
 
 Writes ``benchmarks/results/step_floor_<experiment>.json``.
 """
@@ -28,19 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from train_step import (  # this folder is on sys.path when a script here runs
-    ROOT,
+from benchmarks.common import (
+    RESULTS,
     bare_fit,
     checkout,
     flops_per_token,
+    machine,
+    parse_args,
     remove_checkout,
-    run_json,
     run_worker,
     step_timer,
+    worker_args,
 )
 
 MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm")
@@ -69,14 +71,14 @@ def profile_worker(args: argparse.Namespace) -> dict:
                 self.prof.__exit__(None, None, None)
 
     cfg, datamodule, model, trainer, run_dir = bare_fit(args, profiled_step + 1)
-    timer, profiler = step_timer(), ProfileOneStep()
+    timer, profiler = step_timer(args.warmup, args.steps), ProfileOneStep()
     trainer.callbacks += [timer, profiler]
     trainer.fit(model=model, datamodule=datamodule)
     run_dir.cleanup()
     products, ops = products_and_ops(profiler.prof.events())
     replayed = replay(products, torch)
     return {
-        "ms_per_step": 1e3 * statistics.median(timer.step_s[args.warmup : profiled_step]),
+        "ms_per_step": timer.times.median_ms,  # the profiled step is not one of the timed ones
         "batch_size": int(cfg.data.batch_size),
         "tokens_per_step": statistics.median(timer.tokens),
         "aten_ops_per_step": ops,
@@ -139,11 +141,7 @@ def replay(products: dict[tuple[str, tuple], int], torch, budget_s: float = 0.02
 
 # --- parent ---------------------------------------------------------------------------------------------
 def measure_profile(args: argparse.Namespace, n: int, extra: tuple[str, ...] = ()) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--experiment", args.experiment, "--n", str(n)]
-    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-    for o in [*args.override, *extra]:
-        cmd += ["--override", o]
-    return run_json(cmd, ROOT, f"step_floor, N={n}")
+    return run_worker("benchmarks.step_floor", args, n, overrides=extra)
 
 
 def main() -> None:
@@ -158,10 +156,9 @@ def main() -> None:
     )
     p.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/...)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    args.precision, args.src = "32-true", str(ROOT / "src")
+    p.add_argument("--precision", default="32-true", help=argparse.SUPPRESS)  # a worker's; fp32 only
+    worker_args(p)
+    args = parse_args(p)
     if args.worker:
         print(json.dumps(profile_worker(args)))
         return
@@ -174,7 +171,9 @@ def main() -> None:
                 runs.setdefault(("step", n), []).append(measure_profile(args, n))
                 runs.setdefault(("batch 1", n), []).append(measure_profile(args, n, ("data.batch_size=1",)))
                 if tree is not None:
-                    runs.setdefault(("against", n), []).append(run_worker(tree / "src", n, args))
+                    runs.setdefault(("against", n), []).append(
+                        run_worker("benchmarks.train_step", args, n, tree=tree)
+                    )
     finally:
         if tree is not None:
             remove_checkout(tree)
@@ -242,11 +241,9 @@ def main() -> None:
         if tree is not None:
             line += f" {r['against_ms_per_step']:>12.1f} {r['target_ms']:>10.1f}"
         print(line)
-    out = (
-        Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"step_floor_{args.experiment}.json"
-    )
+    out = Path(args.out) if args.out else RESULTS / f"step_floor_{args.experiment}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    out.write_text(json.dumps({"args": vars(args), "machine": machine(), "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

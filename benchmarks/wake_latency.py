@@ -4,10 +4,12 @@ For each model (the sleeping hybrid at N = 1 and N = 4, and the full-attention t
 pre-filled to each target length (1k, 8k, 64k tokens) in window-sized chunks, then ``--decode`` tokens are fed
 one at a time. Reported per length: the median per-token wake latency (tokens whose step did not end a
 window), the mean cost of a sleep (passes 2..N plus eviction, when a window fills), and the KV memory held.
-Then the time of a training step (forward + backward, batch ``--batch``) and of one sleep, against N.
+Then the time of a training step against N (batch ``--batch`` of random tokens; the step every benchmark
+times, ``benchmarks.common.model_step``: forward, cross-entropy, backward, clipping, Muon + AdamW; one
+warm-up step, the median of ``--steps``) and of one sleep.
 
-    python benchmarks/wake_latency.py                  # full table (several minutes)
-    python benchmarks/wake_latency.py --quick          # 1k and 8k only
+    python -m benchmarks.wake_latency                  # full table (several minutes)
+    python -m benchmarks.wake_latency --quick          # 1k and 8k only
 Writes ``benchmarks/results/wake_latency.json``.
 """
 
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine, model_step, time_steps
 from lmsleep.layers.attention import KVCache
+from lmsleep.lit.optim import OptimConfig, build_optimizer
 from lmsleep.models import HybridLM, SleepConfig, Stream
 from lmsleep.models.sleep import SleepHooks
 
@@ -90,7 +94,7 @@ def stream_row(args, name: str, model: HybridLM, cfg: SleepConfig, length: int) 
 
 
 def training_rows(args) -> list[dict]:
-    model = build(args, "attn,ssm,attn,ssm").train()
+    torch.set_flush_denormal(True)  # as lmsleep fit trains: subnormal fast weights slow a CPU step ~5x
     ids = torch.randint(1, args.vocab, (args.batch, args.train_len))
     rows = []
     print(
@@ -100,15 +104,9 @@ def training_rows(args) -> list[dict]:
     base_step = base_sleep = None
     for n in args.passes:
         cfg = SleepConfig(passes=n, window=args.window, eviction="hard")
-        times = []
-        for i in range(args.steps + 1):
-            t0 = time.perf_counter()
-            logits, _ = model(ids, cfg)
-            logits.float().logsumexp(-1).mean().backward()
-            model.zero_grad(set_to_none=True)
-            if i:  # the first step warms up
-                times.append(time.perf_counter() - t0)
-        step = statistics.median(times)
+        model = build(args, "attn,ssm,attn,ssm").train()  # every N from the same initial weights
+        optimizer = build_optimizer(model, OptimConfig())
+        step = time_steps(model_step(model, ids, cfg, optimizer), args.steps, warmup=1).median_s
         timer = SleepTimer()
         with torch.no_grad():
             for _ in range(3):
@@ -174,7 +172,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
-        json.dumps({"args": vars(args), "stream": stream_results, "training": train_results}, indent=2)
+        json.dumps(
+            {"args": vars(args), "machine": machine(), "stream": stream_results, "training": train_results},
+            indent=2,
+        )
     )
     print(f"\nwrote {out}")
 

@@ -1,6 +1,6 @@
 """Write ``benchmarks/RESULTS.md`` from the JSON files the benchmarks left in ``benchmarks/results/``.
 
-    python benchmarks/write_results.py          # after `make bench` (which calls it)
+    python -m benchmarks.write_results          # after `make bench` (which calls it)
 
 The figure of the sleep-throughput study is copied next to RESULTS.md (``benchmarks/figures/``) so the
 committed page shows it; the JSON files themselves stay in the ignored ``results/`` folder.
@@ -9,52 +9,20 @@ committed page shows it; the JSON files themselves stay in the ignored ``results
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 from pathlib import Path
 
+from benchmarks.common import machine
+
 HERE = Path(__file__).resolve().parent
 RESULTS, FIGURES = HERE / "results", HERE / "figures"
-
-
-def cpuinfo(field: str) -> str | None:
-    """The value of the first ``field`` line of /proc/cpuinfo (``model name``, ``flags``), None if absent."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_name() -> str:
-    return cpuinfo("model name") or platform.processor() or platform.machine()
-
-
-# The vector and matrix units that decide fp32 and bf16 speed, by /proc/cpuinfo flag.
-UNITS = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16")]
-
-
-def cpu_features() -> str:
-    flags = cpuinfo("flags")
-    if flags is None:
-        return "unknown"
-    found = [name for flag, name in UNITS if flag in set(flags.split())]
-    return ", ".join(found) if found else "no AVX2"
-
-
-def load(name: str) -> dict | None:
-    path = RESULTS / name
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def train_step_section(data: dict, title: str) -> list[str]:
     args, peak = data["args"], data["peak_gflops"]
     against = args.get("against")
     cmd = (
-        f"python benchmarks/train_step.py --experiment {args['experiment']} --passes "
+        f"python -m benchmarks.train_step --experiment {args['experiment']} --passes "
         + " ".join(map(str, args["passes"]))
         + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
         + (f" --precision {args['precision']}" if args["precision"] != "32-true" else "")
@@ -96,7 +64,7 @@ def step_floor_section(data: dict, title: str) -> list[str]:
     args = data["args"]
     against = args.get("against")
     cmd = (
-        f"python benchmarks/step_floor.py --experiment {args['experiment']} --passes "
+        f"python -m benchmarks.step_floor --experiment {args['experiment']} --passes "
         + " ".join(map(str, args["passes"]))
         + f" --steps {args['steps']} --warmup {args['warmup']} --repeats {args['repeats']}"
         + (f" --against {against}" if against else "")
@@ -111,8 +79,12 @@ def step_floor_section(data: dict, title: str) -> list[str]:
         "",
         "| N | ms/step | fixed ms | matmul ms (GFLOP; the model's analytic training GFLOP) | rest ms | "
         "aten ops/step | fixed + matmul ms | step / (fixed + matmul) |"
-        + (f" {against} ms/step | target: half of it |" if against else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|" if against else ""),
+        + (
+            f" {against} ms/step | speed-up vs {against} | target: half of it | rest must shrink to reach it |"
+            if against
+            else ""
+        ),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if against else ""),
     ]
     for r in data["rows"]:
         line = (
@@ -122,7 +94,12 @@ def step_floor_section(data: dict, title: str) -> list[str]:
             f"{r['aten_ops_per_step']} | {r['floor_ms']:.1f} | {r['speedup_if_rest_were_free']:.2f}x |"
         )
         if against:
-            line += f" {r['against_ms_per_step']:.1f} | {r['target_ms']:.1f} |"
+            room = r["target_ms"] - r["floor_ms"]  # what the rest may cost at the target
+            shrink = f"{r['rest_ms'] / room:.1f}x" if room > 0 else "out of reach: fixed + matmul exceed it"
+            line += (
+                f" {r['against_ms_per_step']:.1f} | {r['speedup_vs_against']:.2f}x | {r['target_ms']:.1f} | "
+                f"{shrink} |"
+            )
         lines.append(line)
     return lines + [""]
 
@@ -130,7 +107,7 @@ def step_floor_section(data: dict, title: str) -> list[str]:
 def throughput_section(data: dict) -> list[str]:
     a = data["args"]
     cmd = (
-        "python benchmarks/sleep_throughput.py --passes "
+        "python -m benchmarks.sleep_throughput --passes "
         + " ".join(map(str, a["passes"]))
         + " --windows "
         + " ".join(map(str, a["windows"]))
@@ -160,33 +137,70 @@ def throughput_section(data: dict) -> list[str]:
     return lines + [""]
 
 
-def generic_section(title: str, rows: list[dict], cmd: str) -> list[str]:
+def cpu_ddp_section(data: dict) -> list[str]:
+    a = data["args"]
+    cmd = (
+        f"python -m benchmarks.cpu_ddp --experiment {a['experiment']} --passes "
+        + " ".join(map(str, a["passes"]))
+        + f" --devices {a['devices']} --steps {a['steps']} --warmup {a['warmup']} --repeats {a['repeats']}"
+    )
+    lines = [
+        f"### One process against {a['devices']} data-parallel processes: `experiment={a['experiment']}`",
+        "",
+        f"`{cmd}`: global batch {data['batch_size']} ({data['tokens_per_step']} tokens), {data['cores']} "
+        "cores; the same global batch, samples and averaged gradient in both modes. Medians of the repeats.",
+        "",
+        "| N | mode | ms/step | each repeat | tokens/s | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['passes']} | {r['mode']} | {r['ms_per_step']:.1f} | {r['each_repeat_ms']} | "
+            f"{r['tokens_per_s']:.0f} | {r['speed_up']:.2f}x |"
+        )
+    return lines + [""]
+
+
+def generic_section(title: str, rows: list[dict], cmd: str, note: str = "") -> list[str]:
     if not rows:
         return []
     keys = list(rows[0])
-    lines = [f"### {title}", "", f"`{cmd}`", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines = [
+        f"### {title}",
+        "",
+        f"`{cmd}`" + (f": {note}." if note else ""),
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+    ]
     for r in rows:
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.get(k, "") for k in keys)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def main() -> None:
-    import torch
+def machine_line(recorded: list[dict]) -> str:
+    """The machine the figures were measured on, as the result files record it (this machine for files
+    written before they did)."""
+    lines = []
+    for m in recorded or [machine()]:
+        line = f"{m['cpu']} ({m['features']}), {m['cores']} cores; torch {m['torch']}, {m['threads']} threads"
+        if line not in lines:
+            lines.append(line)
+    return ("Machine: " if len(lines) == 1 else "Machines: ") + "; ".join(lines) + "."
 
-    lines = [
-        "# Benchmark results",
-        "",
-        "Written by `make bench` (`python benchmarks/write_results.py`) from the JSON files in "
-        "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
-        "in one run (`--against`), never figures from different days.",
-        "",
-        f"Machine: {cpu_name()} ({cpu_features()}), {os.cpu_count()} cores; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.",
-        "",
-        "## Training step",
-        "",
-    ]
+
+def main() -> None:
+    loaded: list[dict] = []
+
+    def load(name: str) -> dict | None:
+        path = RESULTS / name
+        data = json.loads(path.read_text()) if path.is_file() else None
+        if data:
+            loaded.append(data)
+        return data
+
+    lines = ["## Training step", ""]
     for name, title in [
         ("train_step_rule110_sleep.json", "Rule 110 (`experiment=rule110_sleep`)"),
         ("train_step_depo_sleep.json", "Depo (`experiment=depo_sleep`)"),
@@ -205,22 +219,42 @@ def main() -> None:
         data = load(name)
         if data:
             lines += step_floor_section(data, title)
+    for name in ("cpu_ddp_rule110_sleep.json", "cpu_ddp_depo_sleep.json"):  # not in make bench: when run
+        data = load(name)
+        if data and "warmup" in data["args"]:  # timed per step (files of the fit-difference timing have none)
+            lines += cpu_ddp_section(data)
     data = load("sleep_throughput.json")
     if data:
         lines += throughput_section(data)
     ops = load("ops.json")
     if ops:
         lines += ["## Fast-weight ops", ""] + generic_section(
-            "Forward + backward tokens/s by backend", ops["rows"], "python benchmarks/ops.py"
+            "Forward + backward tokens/s by backend", ops["rows"], "python -m benchmarks.ops"
         )
     wake = load("wake_latency.json")
     if wake:
         lines += ["## Wake latency", ""]
-        lines += generic_section("Streaming decode", wake["stream"], "python benchmarks/wake_latency.py")
-        lines += generic_section(
-            "Training cost against N", wake["training"], "python benchmarks/wake_latency.py"
+        lines += generic_section("Streaming decode", wake["stream"], "python -m benchmarks.wake_latency")
+        step = (  # files without a recorded machine predate the benchmarks' shared step (issue 30)
+            "step_ms: forward, cross-entropy, backward, clipping and Muon + AdamW (`benchmarks.common.model_step`)"
+            if "machine" in wake
+            else "step_ms: forward and backward of a surrogate loss, no optimiser (measured before the "
+            "benchmarks shared one step; a re-run measures `benchmarks.common.model_step`)"
         )
-    (HERE / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n")
+        lines += generic_section(
+            "Training cost against N", wake["training"], "python -m benchmarks.wake_latency", step
+        )
+    header = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`python -m benchmarks.write_results`) from the JSON files in "
+        "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
+        "in one run (`--against`), never figures from different days.",
+        "",
+        machine_line([d["machine"] for d in loaded if "machine" in d]),
+        "",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(header + lines).rstrip() + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 
