@@ -4,7 +4,8 @@
 
 Each notebook runs top to bottom in a fresh kernel of this Python (``ipykernel``), from its own folder, as a
 reader opening it in Jupyter would; its outputs are replaced and the file rewritten. Cell timings are not
-recorded, so re-running an unchanged notebook on unchanged code rewrites the same file.
+recorded and stderr (library warnings) is not kept, so re-running an unchanged notebook on unchanged code
+rewrites the same file.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ def execute(path: Path, timeout: int) -> None:
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(notebook.cells):  # nbformat 5 wants cell ids; fixed ones keep diffs small
+        cell.setdefault("id", f"cell-{index}")
     client = NotebookClient(
         notebook,
         timeout=timeout,
@@ -27,6 +30,9 @@ def execute(path: Path, timeout: int) -> None:
         record_timing=False,
     )
     client.execute()
+    for cell in notebook.cells:  # warnings of the machine that ran it are not part of what a reader reads
+        if "outputs" in cell:
+            cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")]
     notebook.metadata.pop("widgets", None)
     nbformat.write(notebook, path)
 
