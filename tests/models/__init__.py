@@ -1,1 +1,1 @@
-"""Tests of the sleeping hybrid LM (models, streaming, Lightning module and callbacks)."""
+"""Tests of lmsleep.models: the sleeping hybrid LM, Algorithm 1, streaming, FLOPs."""

@@ -9,8 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmsleep.models import SleepConfig, run_windows
 from lmsleep.models.flops import forward_flops
-
-from ._helpers import make_model, random_ids
+from tests.support.models import make_model, random_ids
 
 RULES = ("mamba2", "gated_delta")
 

@@ -9,8 +9,7 @@ from lmsleep.layers.attention import Attention, KVCache
 from lmsleep.layers.fast_weight_mixer import FastWeightMixer, FastWeights
 from lmsleep.models import HybridLM, ModelState, SleepConfig
 from lmsleep.models.hybrid import parse_layout, parse_loop
-
-from ._helpers import make_model, random_ids
+from tests.support.models import make_model, random_ids
 
 
 # --- layout -----------------------------------------------------------------------------------------------

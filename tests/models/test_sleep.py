@@ -17,8 +17,7 @@ from lmsleep.layers.attention import KVCache
 from lmsleep.layers.fast_weight_mixer import FastWeights
 from lmsleep.models import ModelState, SleepConfig, Stream, run_windows
 from lmsleep.models.sleep import wake, window_step
-
-from ._helpers import (
+from tests.support.models import (
     Recorder,
     assert_grads_close,
     expected_events,

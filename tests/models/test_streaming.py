@@ -3,17 +3,14 @@ long streams, and pausing a stream in one process and resuming it in another."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from lmsleep.models import SleepConfig, Stream
-
-from ._helpers import REPO, Recorder, expected_events, fast_weights_of, make_model, random_ids
+from tests.support import run_python
+from tests.support.models import Recorder, expected_events, fast_weights_of, make_model, random_ids
 
 RULES = ("mamba2", "gated_delta")
 EVICTIONS = ("hard", "sliding", "none")
@@ -249,7 +246,7 @@ RESUME = textwrap.dedent(
     """
     import sys, torch
     from lmsleep.models import Stream
-    from tests.models._helpers import make_model
+    from tests.support.models import make_model
     torch.set_num_threads(1)
     folder = sys.argv[1]
     model = make_model("gated_delta", strong=False)
@@ -271,16 +268,7 @@ def test_saved_stream_continues_exactly_in_another_process(tmp_path):
     stream.save(tmp_path / "stream.pt")
     torch.save(model.state_dict(), tmp_path / "model.pt")
     torch.save(ids[:, 2 * L + 1 :].clone(), tmp_path / "rest.pt")
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "PYTHONPATH")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [sys.executable, "-c", RESUME, str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_python(RESUME, str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr
     logits = torch.load(tmp_path / "logits.pt", weights_only=True)
     torch.testing.assert_close(logits, whole[:, 2 * L + 1 :], **EXACT)

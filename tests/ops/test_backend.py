@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -14,6 +12,7 @@ from lmsleep.ops import backend as backend_mod
 from lmsleep.ops.backend import INSTALL_HINT, KERNELS, resolve_backend
 from lmsleep.ops.gated_delta_rule import gated_delta_rule_chunked, gated_delta_rule_fla
 from lmsleep.ops.ssd import ssd_chunked, ssd_mamba
+from tests.support import run_python
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -44,7 +43,8 @@ def test_import_does_not_import_kernel_packages():
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fla', 'mamba_ssm'))\n"
         "print(bad)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
 
 

@@ -17,15 +17,9 @@ from omegaconf import OmegaConf, open_dict
 
 from lmsleep.train import train
 from lmsleep.utils.config import RENAMED, build_data_and_model, with_current_names
+from tests.support import CONFIG_DIR, config_names, csv_rows
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def options(group: str) -> list[str]:
-    """Every config of a group, nested ones by their path (``paper/rule110_sleep``)."""
-    return sorted(
-        str(p.relative_to(CONFIGS / group).with_suffix("")) for p in (CONFIGS / group).rglob("*.yaml")
-    )
+options = config_names  # the options of a config group, found on disk
 
 
 def shrink(cfg) -> None:
@@ -139,7 +133,7 @@ def test_experiment_runs_fast_dev_run(compose_fit, name, one_thread):
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread, tmp_path):
-    config = OmegaConf.load(CONFIGS / "data" / f"{name}.yaml")
+    config = OmegaConf.load(CONFIG_DIR / "data" / f"{name}.yaml")
     extra = text_corpus(tmp_path / "corpus") if is_text(config._target_) else []
     metrics, objects = run_fdr(compose_fit(f"data={name}", "debug=fdr", *tiny, *extra))
     made = getattr(objects["datamodule"], "task", objects["datamodule"])  # the task, or the text DataModule
@@ -150,7 +144,7 @@ def test_data_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread, tmp_
 @pytest.mark.parametrize("name", options("model"))
 def test_model_config_runs_fast_dev_run(compose_fit, tiny, name, one_thread):
     _, objects = run_fdr(compose_fit(f"model={name}", "debug=fdr", *tiny))
-    expected = OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
+    expected = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
     if "layout" in expected.get("net", {}):
         kinds = [k.strip() for k in expected.net.layout.split(",")]
         assert len(objects["model"].net.blocks) == len(kinds)
@@ -202,9 +196,7 @@ def test_logger_config_records_the_run(compose_fit, tiny, name, one_thread):
     if "TensorBoardLogger" in configured:
         assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     if "CSVLogger" in configured:
-        lines = (out / "csv" / "metrics.csv").read_text().splitlines()
-        header = lines[0].split(",")
-        rows = [dict(zip(header, r.split(","), strict=True)) for r in lines[1:]]
+        rows = csv_rows(out / "csv" / "metrics.csv")
         tested = [r for r in rows if r.get("test/acc")]
         assert len(tested) == 1
         for key in ("test/acc", "test/loss", "test/acc_exact"):
@@ -293,7 +285,7 @@ def test_renamed_experiments_compose_what_their_new_names_do(compose, old, capsy
 def test_studies_do_not_inherit_from_recipes():
     """Editing a recipe (experiment/*.yaml) must not change a finished study (experiment/study/*.yaml): a study's
     defaults are itself, group overrides (data, model, ...) and other configs of the same study folder."""
-    for path in sorted((CONFIGS / "experiment" / "study").glob("*.yaml")):
+    for path in sorted((CONFIG_DIR / "experiment" / "study").glob("*.yaml")):
         for entry in OmegaConf.load(path).get("defaults", []):
             if isinstance(entry, str):
                 assert entry == "_self_" or entry.startswith("/experiment/study/"), f"{path.name}: {entry}"

@@ -8,17 +8,17 @@ take 10-20 s, and nothing in this file measures how fast they go.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.support import kill_group, logged_scalars, start_cli
 
 # Hang guard of one wait on a fit (for its first checkpoint, or for it and its DDP ranks to end).
 FIT_GUARD_S = 120
@@ -46,35 +46,6 @@ RUN = [
 ]
 
 
-def env() -> dict[str, str]:
-    out = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "LMSLEEP_COMMAND")
-    }
-    out.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", COLUMNS="200")
-    return out
-
-
-def lmsleep(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lmsleep", *args],
-        cwd=cwd,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     """Wait for the process and for every process of its group (the DDP ranks it launched) to end.
 
@@ -95,7 +66,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 
 def preempt(args: list[str], cwd: Path, signum: int) -> tuple[int, str, str, Path]:
     """Start ``lmsleep fit ARGS``, send ``signum`` to it (rank 0) once its first step checkpoint exists."""
-    proc = lmsleep("fit", *args, cwd=cwd)
+    proc = start_cli("fit", *args, cwd=cwd)
     try:
         while not list(cwd.glob("logs/fit/runs/*/checkpoints/step_*.ckpt")):
             if proc.poll() is not None:
@@ -111,16 +82,6 @@ def preempt(args: list[str], cwd: Path, signum: int) -> tuple[int, str, str, Pat
     return status, out, err, run
 
 
-def logged(path: Path) -> dict[tuple[int, str], str]:
-    with open(path) as f:
-        return {
-            (int(row["step"]), k): v
-            for row in csv.DictReader(f)
-            for k, v in row.items()
-            if v and k not in ("step", "epoch")
-        }
-
-
 @pytest.mark.timeout(4 * FIT_GUARD_S, method="signal")  # preempt (2 waits), then 2 fits to the end
 def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path):
     (tmp_path / "a").mkdir()
@@ -134,29 +95,29 @@ def test_sigterm_checkpoints_exits_143_and_resumes_exactly(tmp_path):
     assert last == run / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == step and 5 <= step < 120  # the step it was at, not the last periodic one
-    before = logged(run / "csv" / "metrics.csv")
+    before = logged_scalars(run / "csv" / "metrics.csv")
     assert max(s for s, k in before if k == "train/loss") == step - 1  # every finished step is in the file
 
     # the run added a callback node (+callbacks.steps...): not a plain setting, so it is re-applied only when
     # the user vouches for the checkpoint
-    status, out, err = finish(lmsleep("fit", f"ckpt_path={last}", cwd=tmp_path / "a"))
+    status, out, err = finish(start_cli("fit", f"ckpt_path={last}", cwd=tmp_path / "a"))
     assert status == 2 and "stored override '+callbacks.steps._target_=" in err, err[-3000:]
     # resume: the stored overrides come back, the run goes on in its own folder
     status, out, err = finish(
-        lmsleep("fit", f"ckpt_path={last}", "trust_checkpoint=true", cwd=tmp_path / "a")
+        start_cli("fit", f"ckpt_path={last}", "trust_checkpoint=true", cwd=tmp_path / "a")
     )
     assert status == 0, err[-3000:]
     assert f"run folder:  {run}\n" in out
     assert list((tmp_path / "a" / "logs" / "fit" / "runs").iterdir()) == [run]
-    resumed = logged(run / "csv" / f"resumed_step_{step}" / "metrics.csv")
+    resumed = logged_scalars(run / "csv" / f"resumed_step_{step}" / "metrics.csv")
     assert min(s for s, k in resumed if k == "train/loss") == step
 
     # the uninterrupted run: the same weights at the end, the same scalars at the same steps
     (tmp_path / "b").mkdir()
-    status, out, err = finish(lmsleep("fit", *RUN, f"paths.log_dir={tmp_path}/b/logs", cwd=tmp_path / "b"))
+    status, out, err = finish(start_cli("fit", *RUN, f"paths.log_dir={tmp_path}/b/logs", cwd=tmp_path / "b"))
     assert status == 0, err[-3000:]
     (whole,) = (tmp_path / "b" / "logs" / "fit" / "runs").iterdir()
-    uninterrupted = logged(whole / "csv" / "metrics.csv")
+    uninterrupted = logged_scalars(whole / "csv" / "metrics.csv")
     assert {k: v for k, v in uninterrupted.items() if k[0] < step} == before
     assert {k: v for k, v in uninterrupted.items() if k[0] >= step} == resumed
     a = torch.load(run / "checkpoints" / "step_120.ckpt", map_location="cpu", weights_only=True)["state_dict"]
@@ -177,7 +138,7 @@ def test_sigusr1_checkpoints_and_exits_138(tmp_path):
     assert saved["global_step"] == int(found.group(1))
     # `ckpt_path=last` finds it (the newest checkpoint of the task's runs) and goes on in the same folder
     status, out, err = finish(
-        lmsleep(
+        start_cli(
             "fit", f"paths.log_dir={tmp_path}/logs", "ckpt_path=last", "trust_checkpoint=true", cwd=tmp_path
         )
     )

@@ -3,22 +3,20 @@ would start them (``trainer.num_nodes=2 trainer.devices=1`` with ``MASTER_ADDR``
 ``NODE_RANK``), rendezvous over loopback. Both train on disjoint samples and end with identical weights.
 
 Each node runs in its own folder, as on separate machines; a test-only callback
-(``tests.models._helpers.DumpParams``, importable through ``PYTHONPATH``) writes what each rank saw and ended
+(``tests.support.models.DumpParams``, importable through ``PYTHONPATH``) writes what each rank saw and ended
 with. Subprocesses run in their own sessions and are killed as a group on timeout.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO, kill_group, repo_on_pythonpath, run, start_cli
+
 STEPS = 3
 
 
@@ -43,7 +41,7 @@ def test_two_nodes_over_loopback_train_disjoint_data_to_identical_weights(tmp_pa
         *tiny,  # batches of 4, small splits, a d = 16 model
         "data.train_size=32",
         "callbacks=none",
-        "+callbacks.dump._target_=tests.models._helpers.DumpParams",
+        "+callbacks.dump._target_=tests.support.models.DumpParams",
         f"+callbacks.dump.dirpath={dump}",
         "test=false",
     ]
@@ -51,27 +49,14 @@ def test_two_nodes_over_loopback_train_disjoint_data_to_identical_weights(tmp_pa
     for node in (0, 1):
         cwd = tmp_path / f"node{node}"
         cwd.mkdir()
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "LMSLEEP_COMMAND")
-        }
-        env.update(
+        env = dict(
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
             NODE_RANK=str(node),
-            PYTHONPATH=str(REPO),
-            OMP_NUM_THREADS="1",
-            PYTHONUNBUFFERED="1",
+            PYTHONPATH=repo_on_pythonpath(),
         )
         procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "lmsleep", *args, f"paths.log_dir={cwd}/logs"],
-                cwd=cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
+            start_cli(*args, f"paths.log_dir={cwd}/logs", cwd=cwd, env=env, stderr=subprocess.STDOUT)
         )
     outputs = []
     try:
@@ -80,7 +65,7 @@ def test_two_nodes_over_loopback_train_disjoint_data_to_identical_weights(tmp_pa
     finally:
         for proc in procs:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_group(proc)
                 proc.communicate()
     for node, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0, f"node {node}:\n{out[-4000:]}"
@@ -107,16 +92,14 @@ def test_slurm_script_resumes_in_its_run_folder(tmp_path):
     (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/scontrol.txt\n')
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NNODES="3")
+    env = dict(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NNODES="3")
     env["SLURM_NTASKS_PER_NODE"] = "8"
 
     def submit(status: int = 0) -> list[str]:
-        done = subprocess.run(
+        done = run(
             ["bash", str(REPO / "scripts" / "slurm_fit.sbatch"), "experiment=paper/rule110_sleep"],
             cwd=tmp_path,
             env={**env, "FAKE_STATUS": str(status)},
-            capture_output=True,
-            text=True,
             timeout=30,
         )
         assert done.returncode == status, done.stderr

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study_queue.py"
+from tests.support import REPO
+
+SCRIPT = REPO / "scripts" / "study_queue.py"
 spec = importlib.util.spec_from_file_location("study_queue", SCRIPT)
 study_queue = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study_queue)

@@ -14,10 +14,10 @@ import pytest
 
 import lmsleep
 from lmsleep.utils.config import ConfigError, with_user_searchpath
+from tests.support import REPO, run
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-REPO = Path(__file__).resolve().parents[1]
 USER_ENV = "LMSLEEP_CONFIG_DIR"
 
 
@@ -60,40 +60,33 @@ def test_wheel_runs_fit_and_export_outside_the_repository(tmp_path, tiny):
         )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     dist, target, elsewhere = tmp_path / "dist", tmp_path / "target", _mkdir(tmp_path / "elsewhere")
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", dist, source], check=True)
+    built = run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", dist, source], timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = dist.glob("lmsleep-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", target, wheel], check=True)
+    installed = run([*pip, "install", "--no-deps", "--target", target, wheel], timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
     assert (target / "lmsleep" / "configs" / "experiment" / "rule110_sleep.yaml").is_file()
 
-    env = {k: v for k, v in os.environ.items() if k not in (USER_ENV, "LOCAL_RANK", "LMSLEEP_COMMAND")}
-    env.update(PYTHONPATH=str(target), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env, drop = {"PYTHONPATH": str(target)}, (USER_ENV,)
     script = target / "bin" / "lmsleep"
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, script, *args],
-            cwd=elsewhere,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    def installed_cli(*args: str) -> subprocess.CompletedProcess:
+        proc = run([sys.executable, script, *args], cwd=elsewhere, env=env, drop_env=drop, timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
-    where = subprocess.run(
+    where = run(
         [sys.executable, "-c", "import lmsleep; print(lmsleep.__file__)"],
         cwd=elsewhere,
         env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+        drop_env=drop,
     )
+    assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(target)  # the installed copy, not the checkout
 
-    run("export-data", "data=rule110", "split=test", "n=3", "out=samples.jsonl")
+    installed_cli("export-data", "data=rule110", "split=test", "n=3", "out=samples.jsonl")
     assert len((elsewhere / "samples.jsonl").read_text().splitlines()) == 3
-    fit = run("fit", "debug=fdr", *tiny, "logger=csv")
+    fit = installed_cli("fit", "debug=fdr", *tiny, "logger=csv")
     assert "test/acc" in fit.stdout
     assert list((elsewhere / "logs" / "fit" / "runs").iterdir())  # the run folder is where it was run
 

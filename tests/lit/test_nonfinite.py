@@ -11,6 +11,7 @@ import torch
 
 from lmsleep.lit.module import NonFiniteError
 from lmsleep.train import train
+from tests.support import csv_rows
 
 # Learning rates that blow the weights up on the first step: the gradients of step 1 are NaN.
 EXPLODE = [
@@ -47,8 +48,8 @@ def test_skip_drops_and_counts_the_bad_batches(compose_fit, tiny, tmp_path, one_
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         assert all(t.isfinite().all() for t in ckpt["state_dict"].values()), path.name
         assert ckpt["skipped_batches"] <= skipped
-    logged = (tmp_path / "run" / "csv" / "metrics.csv").read_text()
-    assert "train/skipped_batches" in logged.splitlines()[0]
+    logged = csv_rows(tmp_path / "run" / "csv" / "metrics.csv")
+    assert "train/skipped_batches" in logged[0]
 
 
 def test_a_nonfinite_weight_is_never_checkpointed(compose_fit, tiny, tmp_path, one_thread):

@@ -1,5 +1,5 @@
 """AnswerMetrics and masked_cross_entropy on a hand-made batch; the Muon/AdamW split; the LR schedule.
-(The optimiser under Lightning: tests/test_optimizer.py.)"""
+(The optimiser under Lightning: tests/lit/test_optimizer.py.)"""
 
 from __future__ import annotations
 

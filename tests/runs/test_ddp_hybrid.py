@@ -1,7 +1,7 @@
 """A 2-process DDP fit of the sleeping hybrid (CPU, gloo) keeps the ranks in agreement.
 
 Run through the CLI in a subprocess: under pytest, Lightning's DDP launcher would start rank 1 as another
-pytest run. A test-only callback (``tests.models._helpers.DumpParams``, importable because the subprocess gets
+pytest run. A test-only callback (``tests.support.models.DumpParams``, importable because the subprocess gets
 the repository root on ``PYTHONPATH``) writes each rank's parameters and a hash of its batches at train end.
 """
 
@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
-from ._helpers import REPO, TINY_HYBRID
+from tests.support import repo_on_pythonpath
+from tests.support.models import TINY_HYBRID
 
+# one torch thread and a fixed seed, as for the model tests this sat beside
+pytestmark = pytest.mark.usefixtures("one_thread_and_seed")
 STEPS = 3
 
 
@@ -30,14 +34,14 @@ def test_two_process_ddp_fit_agrees_across_ranks(cli, tmp_path: Path):
         "callbacks=none",
         "+callbacks.sleep_monitor._target_=lmsleep.callbacks.SleepMonitor",
         "+callbacks.sleep_monitor.every_n_steps=1",
-        "+callbacks.dump._target_=tests.models._helpers.DumpParams",
+        "+callbacks.dump._target_=tests.support.models.DumpParams",
         f"+callbacks.dump.dirpath={dump}",
         "model.sleep.passes=3",
         "test=false",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
     # PYTHONPATH: the ranks import the test-only callback from this checkout
-    done = cli(*args, cwd=tmp_path, timeout=300, env={"PYTHONPATH": str(REPO)})
+    done = cli(*args, cwd=tmp_path, timeout=300, env={"PYTHONPATH": repo_on_pythonpath()})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     ranks = [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)

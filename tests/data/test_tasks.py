@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,15 +15,15 @@ from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 from lmsleep.data import Rule110Task, TaskDataModule, TaskDataset, Vocab, collate
 from lmsleep.data.task import IGNORE_INDEX, parse_range
 from lmsleep.utils.config import ConfigError, build_data_and_model
+from tests.support import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # the configs of task data (data=text has no task: tests/data/test_text.py)
-DATA_CONFIGS = sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml") if "task" in OmegaConf.load(p))
+DATA_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml") if "task" in OmegaConf.load(p))
 
 
 def task_from_config(name: str, seed: int = 0):
     """The task of ``configs/data/<name>.yaml`` at its configured (smoke) size."""
-    conf = OmegaConf.load(CONFIGS / "data" / f"{name}.yaml")
+    conf = OmegaConf.load(CONFIG_DIR / "data" / f"{name}.yaml")
     conf.task.seed = seed
     return instantiate(conf.task)
 

@@ -14,10 +14,13 @@ import lmsleep.run
 import lmsleep.train
 from lmsleep.lit.metrics import AnswerMetrics, masked_cross_entropy
 from lmsleep.train import train
-
-from ._helpers import TINY_HYBRID, compose_fit
+from tests.support import compose_config
+from tests.support.models import TINY_HYBRID
 
 SLEEPING = [*TINY_HYBRID, "model.sleep.passes=3", "model.sleep.eviction=hard", "test=true"]
+
+# one torch thread and a fixed seed, as for the model tests this sat beside
+pytestmark = pytest.mark.usefixtures("one_thread_and_seed")
 
 
 class RecordStepGradients(L.Callback):
@@ -43,7 +46,7 @@ class RecordStepGradients(L.Callback):
 
 def test_each_step_leaves_only_its_own_gradient_in_every_parameter(tmp_path, monkeypatch):
     recorder = RecordStepGradients()
-    cfg = compose_fit(
+    cfg = compose_config(
         [
             *SLEEPING,
             "trainer.max_steps=3",
@@ -51,7 +54,7 @@ def test_each_step_leaves_only_its_own_gradient_in_every_parameter(tmp_path, mon
             "test=false",
             "++trainer.limit_val_batches=0",
         ],
-        tmp_path / "run",
+        output_dir=tmp_path / "run",
         keep_callbacks=[],
     )
     _, objects = _train_with(cfg, recorder, monkeypatch)
@@ -80,7 +83,9 @@ def _train_with(cfg, callback, monkeypatch):
 
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_evaluation_metrics_are_those_of_the_sleeping_forward(tmp_path, split):
-    cfg = compose_fit([*SLEEPING, "trainer.max_steps=2", "test=false"], tmp_path / "run", keep_callbacks=[])
+    cfg = compose_config(
+        [*SLEEPING, "trainer.max_steps=2", "test=false"], output_dir=tmp_path / "run", keep_callbacks=[]
+    )
     _, objects = train(cfg)
     module, datamodule, trainer = objects["model"], objects["datamodule"], objects["trainer"]
     assert module.sleep.passes == 3 and module.sleep.eviction == "hard"

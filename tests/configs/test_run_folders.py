@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import lmsleep.utils.config  # noqa: F401  (registers the ${lmsleep.pid:} resolver)
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from tests.support import compose_config
 
 
 def _folders(monkeypatch, config_name: str, key: str, pid: int) -> str:
     """The configured folder of a run started at a fixed second by process ``pid``."""
     monkeypatch.setattr("os.getpid", lambda: pid)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name, return_hydra_config=True)
+    cfg = compose_config(config_name=config_name, keep_hydra=True)
     OmegaConf.register_new_resolver("now", lambda pattern: "2026-01-01_00-00-00", replace=True)
     return OmegaConf.select(cfg, key)
 

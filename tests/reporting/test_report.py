@@ -3,7 +3,6 @@ same tables and plots again from the raw files alone."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from lmsleep.cli import main
 from lmsleep.reporting.report import report
 from lmsleep.train import train
 from lmsleep.utils.config import ConfigError
+from tests.support import REPO, csv_rows
 
 LIMIT = [
     "trainer.max_steps=4",
@@ -45,7 +45,7 @@ def test_report_writes_raw_metrics_tables_and_plots(two_runs, tmp_path, capsys):
         meta = json.loads(meta_file.read_text())
         metrics = two_runs[meta["seed"]][1]
         assert meta["label"] == "tiny transformer (no eviction)"
-        rows = list(csv.DictReader(open(meta_file.with_suffix(".csv"))))
+        rows = csv_rows(meta_file.with_suffix(".csv"))
         test_acc = [float(r["value"]) for r in rows if r["tag"] == "test/acc"]
         assert test_acc and test_acc[-1] == pytest.approx(metrics["test/acc"], rel=1e-6)
         assert all(int(r["tokens"]) == int(r["step"]) * meta["settings"]["tokens_per_step"] for r in rows)
@@ -92,7 +92,7 @@ def test_results_notebook_draws_a_study_from_its_raw_files(
     report([str(d) for d, _ in two_runs], str(studies / "tiny_study"))
     monkeypatch.setenv("LMSLEEP_RESULTS", str(studies))
     monkeypatch.setenv("LMSLEEP_NOTEBOOK_FIGURES", str(tmp_path / "figures"))
-    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "results.ipynb"
+    notebook = REPO / "notebooks" / "results.ipynb"
     namespace = run_notebook(notebook)
     out = capsys.readouterr().out
     assert "1 studies" in out and "### tiny_study" in out

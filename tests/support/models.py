@@ -1,8 +1,9 @@
-"""Shared helpers of the model tests: tiny float64 models, an independent Algorithm 1, recording hooks and
-callbacks, in-process config composition.
+"""Shared helpers of the model-level tests (models, layers, lit, callbacks, runs): tiny float64 models, an
+independent Algorithm 1, recording hooks and Lightning callbacks, the tiny sleeping-hybrid overrides.
 
-Importable as ``tests.models._helpers`` from the repository root (the DDP test's subprocess adds it to
-``PYTHONPATH`` so Hydra can instantiate :class:`DumpParams`).
+Importable as ``tests.support.models`` from the repository root: the DDP and multi-node tests' subprocesses get
+the root on ``PYTHONPATH`` so Hydra can instantiate :class:`DumpParams`, and the streaming test's second process
+builds its model with :func:`make_model`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from lmsleep.layers.attention import KVCache
 from lmsleep.layers.fast_weight_mixer import FastWeightMixer, FastWeights
 from lmsleep.models import HybridLM, ModelState, SleepHooks
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "configs"
 VOCAB = 13
 
 
@@ -353,28 +352,7 @@ class DumpParams(L.Callback):
         )
 
 
-# --- config composition (as `lmsleep fit` would) ----------------------------------------------------------
-def compose_fit(overrides: Sequence[str], output_dir: Path, keep_callbacks: Sequence[str] | None = None):
-    """The composed ``fit`` config with its run folder at ``output_dir``; ``keep_callbacks`` drops every other
-    callback entry (progress bars, pictures, ...: only what a test needs, whatever the defaults grow into)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="fit", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(Path(output_dir).parent / "logs")
-        del cfg["hydra"]
-        if keep_callbacks is not None and cfg.get("callbacks"):
-            for name in list(cfg.callbacks):
-                if name not in keep_callbacks:
-                    del cfg.callbacks[name]
-    return cfg
-
-
+# --- configs ------------------------------------------------------------------------------------------------
 # Rule 110 with 2 states of 4 bits and L = 4: samples of 11 tokens = 3 windows (2 context, 1 answer).
 TINY_HYBRID = [
     "experiment=rule110_sleep",
@@ -401,7 +379,6 @@ __all__ = [
     "DumpParams",
     "Recorder",
     "StepRecorder",
-    "compose_fit",
     "make_model",
     "random_ids",
     "reference_run",

@@ -13,8 +13,7 @@ import torch
 
 from lmsleep.utils.checkpoint import check_stored_overrides
 from lmsleep.utils.config import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def copy_payload(sentinel: Path) -> str:

@@ -15,8 +15,11 @@ from lmsleep.callbacks import SleepSchedule
 from lmsleep.callbacks.sleep_schedule import parameter_group
 from lmsleep.lit import LitLM
 from lmsleep.models import SleepConfig
+from tests.support import compose_config
+from tests.support.models import TINY_HYBRID, StepRecorder, group_of, make_model, random_ids
 
-from ._helpers import TINY_HYBRID, StepRecorder, compose_fit, group_of, make_model, random_ids
+# one torch thread and a fixed seed, as for the model tests this sat beside
+pytestmark = pytest.mark.usefixtures("one_thread_and_seed")
 
 
 # --- SleepSchedule.at -------------------------------------------------------------------------------------
@@ -162,7 +165,7 @@ WINDOWS = 3  # Rule 110 with 2 states of 4 bits and L = 4: 2 context windows + 1
 
 def _fit(output_dir: Path, *overrides: str) -> tuple[dict, dict, StepRecorder]:
     """``train`` on the tiny staged config with a StepRecorder added to the callbacks."""
-    cfg = compose_fit(
+    cfg = compose_config(
         [
             *TINY_HYBRID,
             "callbacks=staged",
@@ -178,7 +181,7 @@ def _fit(output_dir: Path, *overrides: str) -> tuple[dict, dict, StepRecorder]:
             "test=false",
             *overrides,
         ],
-        output_dir,
+        output_dir=output_dir,
         keep_callbacks=["model_checkpoint", "sleep_monitor", "sleep_schedule"],
     )
     recorder = StepRecorder()

@@ -3,7 +3,6 @@ weights, and every scalar logged at the same step with the same value (so resume
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from omegaconf import open_dict
 
 from lmsleep.train import train
+from tests.support import logged_scalars
 
 
 def _run(compose, tiny, out, ckpt_path=None):
@@ -51,13 +51,7 @@ def _run(compose, tiny, out, ckpt_path=None):
 
 def logged(run: Path) -> dict[tuple[int, str], str]:
     """``{(step, name): value}`` of every scalar in a run's CSV log."""
-    with open(run / "csv" / "metrics.csv") as f:
-        return {
-            (int(row["step"]), name): value
-            for row in csv.DictReader(f)
-            for name, value in row.items()
-            if value != "" and name not in ("step", "epoch")
-        }
+    return logged_scalars(run / "csv" / "metrics.csv")
 
 
 @pytest.fixture(scope="module")

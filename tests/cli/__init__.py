@@ -1,0 +1,1 @@
+"""Tests of the lmsleep command: errors, usage, checkpoint overrides, the installed package."""

@@ -1,0 +1,1 @@
+"""Tests of lmsleep.data: tasks, the task and text DataModules, tokenizers."""

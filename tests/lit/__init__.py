@@ -1,0 +1,1 @@
+"""Tests of lmsleep.lit: the Lightning module, metrics and optimisers."""

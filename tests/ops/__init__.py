@@ -1,0 +1,1 @@
+"""Tests of lmsleep.ops: the pure tensor functions and their backends."""

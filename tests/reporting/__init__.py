@@ -1,0 +1,1 @@
+"""Tests of reporting: lmsleep report, its tables and figures, the results notebook."""
