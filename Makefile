@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help install install-cuda train test test-all test-gpu lint format bench tensorboard clean
+.PHONY: help install install-cuda train test test-all test-gpu test-kernels lint format bench tensorboard clean
 
 help:
 	@echo "make train      set up .venv and run the default experiment on CPU (minutes)"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-all   also run the slow tests"
 	@echo "make bench      run the benchmarks and write benchmarks/RESULTS.md (BENCH_AGAINST=rev compares)"
 	@echo "make test-gpu   install the cuda extra (mamba-ssm, flash-linear-attention), run the GPU tests"
+	@echo "make test-kernels  run the real GPU kernels on CPU under the Triton interpreter (minutes)"
 	@echo "make lint       ruff check and ruff format --check (what CI runs)"
 	@echo "make format     ruff format"
 	@echo "make tensorboard  open TensorBoard on logs/"
@@ -49,6 +50,20 @@ install-cuda: $(VENV)/.installed-cuda
 
 test-gpu: $(VENV)/.installed-cuda
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# The real fla and mamba-ssm Triton kernels on CPU, under the Triton interpreter (tests/kernels, docs/gpu.md).
+# tests/kernels/interpreter_patches.py reaches into these packages' internals: keep the pins in step with it.
+# mamba-ssm from its sdist without its CUDA extension (lmsleep uses only its Triton SSD kernels).
+KERNEL_PINS := fla-core==0.6.0 triton==3.8.0
+MAMBA_PIN   := mamba-ssm==2.3.2.post1
+$(VENV)/.installed-kernels: $(STAMP) Makefile
+	$(PY) -m pip install --quiet $(KERNEL_PINS) einops packaging
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
+	  $(PY) -m pip install --quiet --no-build-isolation --no-deps $(MAMBA_PIN)
+	@touch $@
+
+test-kernels: $(VENV)/.installed-kernels
+	$(PY) -m pytest -q -m kernels tests/kernels $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
