@@ -13,7 +13,7 @@ help:
 	@echo "make test       set up .venv and run the test suite (< 10 min)"
 	@echo "make test-all   also run the slow tests"
 	@echo "make bench      run the benchmarks and write benchmarks/RESULTS.md (BENCH_AGAINST=rev compares)"
-	@echo "make test-gpu   install the cuda extra (mamba-ssm, flash-linear-attention), run the GPU tests"
+	@echo "make test-gpu   on a CUDA machine: install the cuda extra (fla, mamba-ssm's Triton kernels), run the GPU tests"
 	@echo "make test-kernels  run the real GPU kernels on CPU under the Triton interpreter (minutes)"
 	@echo "make lint       ruff check and ruff format --check (what CI runs)"
 	@echo "make format     ruff format"
@@ -41,13 +41,18 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
-# The kernel packages build against the installed torch (a CUDA build on a GPU machine).
+# The kernel packages on a GPU machine (docs/gpu.md): flash-linear-attention from its wheel, mamba-ssm from its
+# sdist against the installed torch, without compiling its CUDA extension (lmsleep calls only its Triton SSD
+# kernels): seconds instead of a long nvcc build.
 $(VENV)/.installed-cuda: $(STAMP)
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev,cuda]"
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
+	  $(PY) -m pip install --quiet --no-build-isolation -e ".[dev,cuda]"
 	@touch $@
 
 install-cuda: $(VENV)/.installed-cuda
 
+# Needs an NVIDIA GPU with its driver and a CUDA build of torch (PyPI's default Linux wheel of $(TORCH) is
+# one); runs the tests marked gpu. scripts/gpu_check.sh runs it with the rest of the first GPU hour.
 test-gpu: $(VENV)/.installed-cuda
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
 

@@ -3,13 +3,14 @@
 ``activate()`` must run before anything imports triton (the interpreter is chosen at import time), so the
 kernel tests call it in a fresh subprocess. Every patch below reaches into a library's internals, which is
 why ``PINNED`` fixes the versions they were written against; ``activate()`` refuses other versions.
+(mamba-ssm's package ``__init__``, which needs its CUDA extension, is lmsleep's own concern: see
+``lmsleep.ops.backend._import_module``.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import importlib.util
 import os
 import sys
 import types
@@ -41,7 +42,6 @@ def activate() -> None:
     _no_overflow_checks()
     _tensor_range_loop_variables()
     _cuda_device_shims()
-    _mamba_without_package_init()
 
 
 def _one_autotune_config() -> None:
@@ -105,16 +105,3 @@ def _cuda_device_shims() -> None:
     torch.cuda.get_device_properties = lambda *_a, **_k: types.SimpleNamespace(
         multi_processor_count=4, name="Triton interpreter"
     )
-
-
-def _mamba_without_package_init() -> None:
-    """``mamba_ssm/__init__.py`` imports the compiled CUDA extension (``selective_scan_cuda``), which a CPU
-    install skips. lmsleep needs only ``mamba_ssm.ops.triton``: register bare package modules for
-    ``mamba_ssm`` so that its submodules import without running that ``__init__``."""
-    spec = importlib.util.find_spec("mamba_ssm")
-    if spec is None or "mamba_ssm" in sys.modules:
-        return
-    pkg = types.ModuleType("mamba_ssm")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__version__ = importlib.metadata.version("mamba-ssm")
-    sys.modules["mamba_ssm"] = pkg
