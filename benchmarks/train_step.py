@@ -84,6 +84,10 @@ def step_timer():
     """A Lightning callback that times each training step from its batch's start to its end (forward,
     backward, optimiser steps, schedule) and the data-loading gap between steps; it keeps the losses."""
     import lightning as L
+    import torch
+
+    # On a GPU a step's work is queued: wait for it so that the times cover it (nothing to wait for on CPU).
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
     class StepTimer(L.Callback):
         def __init__(self):
@@ -91,6 +95,7 @@ def step_timer():
             self._end = None
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            sync()
             now = time.perf_counter()
             if self._end is not None:
                 self.gap_s.append(now - self._end)
@@ -98,6 +103,7 @@ def step_timer():
             self._t0 = now
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            sync()
             self._end = time.perf_counter()
             self.step_s.append(self._end - self._t0)
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs

@@ -1,6 +1,7 @@
 """The kernel tests: each suite of ``kernel_cases.py`` runs once, in a subprocess under the Triton
 interpreter, and every case becomes one test. ``make test-kernels`` installs the pinned packages and runs
-them; the plain ``make test`` deselects the ``kernels`` marker."""
+them; the plain ``make test`` deselects the ``kernels`` marker. With ``LMSLEEP_KERNELS_NATIVE=1`` on a CUDA
+machine the same cases run the compiled kernels on the GPU instead (``scripts/gpu_check.sh``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from interpreter_patches import missing
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 _RESULTS: dict[str, dict[str, dict]] = {}
+NATIVE = os.environ.get("LMSLEEP_KERNELS_NATIVE") == "1"
 
 
 def run_suite(suite: str) -> dict[str, dict]:
@@ -41,8 +43,12 @@ def run_suite(suite: str) -> dict[str, dict]:
 @pytest.fixture
 def kernel_result():
     """``kernel_result(suite, case)``: that case's errors; skips (one line) without the kernel packages."""
-    reason = missing()
-    if reason:
+    if NATIVE:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("LMSLEEP_KERNELS_NATIVE=1 needs CUDA")
+    elif reason := missing():
         pytest.skip(reason)
 
     def get(suite: str, case: str) -> dict:

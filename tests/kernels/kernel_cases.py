@@ -10,6 +10,7 @@ entries, for the report). Shapes are small: the interpreter runs every program i
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -18,7 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import interpreter_patches  # noqa: E402
 
-if __name__ == "__main__":  # the tests import this file for its case names only
+# LMSLEEP_KERNELS_NATIVE=1: on a CUDA machine, the compiled kernels on CUDA tensors (scripts/gpu_check.sh).
+NATIVE = os.environ.get("LMSLEEP_KERNELS_NATIVE") == "1"
+if __name__ == "__main__" and not NATIVE:  # the tests import this file for its case names only
     interpreter_patches.activate()
 
 import importlib  # noqa: E402
@@ -43,6 +46,9 @@ def allow_kernels_on_cpu() -> None:
         return real(op, backend, device)
 
     gdr_mod.resolve_backend = ssd_mod.resolve_backend = resolve
+
+
+DEVICE = torch.device("cuda" if NATIVE else "cpu")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -86,12 +92,15 @@ def ssd_inputs(T: int, state: bool, G: int, B: int = 2, H: int = 4, P: int = 16,
 def run_op(fn, inputs: dict, dtype: torch.dtype, seed: int = 1, **kwargs):
     """``fn`` on copies of ``inputs`` in ``dtype``: output, final state and the gradients of a fixed random
     functional of both with respect to every input."""
-    leaves = {n: t.to(dtype).requires_grad_() for n, t in inputs.items() if t is not None}
+    leaves = {n: t.to(DEVICE, dtype).requires_grad_() for n, t in inputs.items() if t is not None}
     args = {n: leaves.get(n) for n in inputs}
     out, state = fn(**args, output_final_state=True, **kwargs)
     gen = torch.Generator().manual_seed(seed)
-    loss = (out.double() * torch.randn(out.shape, generator=gen, dtype=torch.float64)).sum()
-    loss = loss + (state.double() * torch.randn(state.shape, generator=gen, dtype=torch.float64)).sum()
+    loss = (out.double() * torch.randn(out.shape, generator=gen, dtype=torch.float64).to(DEVICE)).sum()
+    loss = (
+        loss
+        + (state.double() * torch.randn(state.shape, generator=gen, dtype=torch.float64).to(DEVICE)).sum()
+    )
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return {"out": out, "state": state, **{f"grad:{n}": g for n, g in zip(leaves, grads, strict=True)}}
 
@@ -167,12 +176,13 @@ def model_case(rule: str, eviction: str, passes: int, loop: str = "all") -> dict
                 elif p.dim() == 2:
                     fan_in = 1 if name == "embed.weight" else p.shape[1]
                     p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
-        return model
+        return model.to(DEVICE)
 
     gen = torch.Generator().manual_seed(2)
     ids = torch.randint(0, vocab, (2, length), generator=gen)
     labels = torch.full_like(ids, -100)
     labels[:, -5:] = torch.randint(0, vocab, (2, 5), generator=gen)  # answers in the last window only
+    ids, labels = ids.to(DEVICE), labels.to(DEVICE)
     cfg = SleepConfig(passes=passes, window=window, eviction=eviction)
     results = {}
     for backend in (interpret_kernel(rule), "chunked"):
@@ -217,7 +227,8 @@ SUITES = {"ops": OPS, "model": MODEL}
 
 
 def main(argv: list[str]) -> None:
-    allow_kernels_on_cpu()
+    if not NATIVE:
+        allow_kernels_on_cpu()
     torch.set_num_threads(1)
     suite = SUITES[argv[0]]
     for name in argv[1:] or list(suite):

@@ -4,14 +4,14 @@ torch path (``make test-kernels``; see docs/gpu.md). Shapes and cases: ``kernel_
 from __future__ import annotations
 
 import pytest
-from kernel_cases import MODEL, OPS
+from kernel_cases import MODEL, NATIVE, OPS
 
 pytestmark = pytest.mark.kernels
 
 # fp32 throughout (bf16 is not meaningful in the interpreter). The kernels and the torch chunked form
-# accumulate in different orders; both stay within ~1e-6 of the float64 reference on these sizes.
-OP_TOL = 1e-5
-MODEL_TOL = 1e-4
+# accumulate in different orders; both stay within ~1e-6 of the float64 reference on these sizes. Compiled
+# on a GPU the kernels' dots run in TF32 (10-bit mantissa): looser bounds there, until a GPU run measures them.
+OP_TOL, MODEL_TOL = (5e-3, 2e-2) if NATIVE else (1e-5, 1e-4)
 
 
 @pytest.mark.parametrize("case", list(OPS))
