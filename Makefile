@@ -62,7 +62,7 @@ test-gpu: $(VENV)/.installed-cuda
 KERNEL_PINS := fla-core==0.6.0 triton==3.8.0
 MAMBA_PIN   := mamba-ssm==2.3.2.post1
 $(VENV)/.installed-kernels: $(STAMP) Makefile
-	$(PY) -m pip install --quiet $(KERNEL_PINS) einops packaging
+	$(PY) -m pip install --quiet $(KERNEL_PINS) einops packaging setuptools  # what the sdist build needs
 	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
 	  $(PY) -m pip install --quiet --no-build-isolation --no-deps $(MAMBA_PIN)
 	@touch $@
