@@ -185,12 +185,11 @@ def model_case(rule: str, eviction: str, passes: int, loop: str = "all") -> dict
     ids, labels = ids.to(DEVICE), labels.to(DEVICE)
     cfg = SleepConfig(passes=passes, window=window, eviction=eviction)
     results = {}
-    for backend in (interpret_kernel(rule), "chunked"):
+    for backend in (kernel_of(rule), "chunked"):
         model = build(backend)
         logits, _ = model(ids, sleep=cfg)
-        loss = (
-            masked_cross_entropy(logits, labels) + 1e-2 * logits.square().mean()
-        )  # every logit gets a gradient
+        # The answer loss (last window), plus a small term on every logit: gradient through every window.
+        loss = masked_cross_entropy(logits, labels) + 1e-2 * logits.square().mean()
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[backend] = (logits, loss, grads)
@@ -207,7 +206,7 @@ def model_case(rule: str, eviction: str, passes: int, loop: str = "all") -> dict
     }
 
 
-def interpret_kernel(rule: str) -> str:
+def kernel_of(rule: str) -> str:
     return "fla" if rule == "gated_delta" else "mamba_ssm"
 
 

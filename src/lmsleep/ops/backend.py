@@ -79,7 +79,7 @@ def _import_kernel(spec: KernelSpec) -> Callable | BaseException:
 def _import_module(name: str) -> types.ModuleType:
     """``importlib.import_module(name)``, and for a submodule whose package ``__init__`` fails, the submodule
     without that ``__init__``: ``mamba_ssm/__init__.py`` imports the compiled CUDA extension of Mamba-1's
-    selective scan, which a ``MAMBA_SKIP_CUDA_BUILD`` install (minutes instead of a long nvcc build) lacks,
+    selective scan, which a ``MAMBA_SKIP_CUDA_BUILD`` install (seconds instead of a long nvcc build) lacks,
     while the Triton SSD kernels lmsleep calls need none of it. The package is then registered as a bare
     module (its ``__init__`` names, e.g. ``mamba_ssm.Mamba2``, are absent in this process)."""
     try:
