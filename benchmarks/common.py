@@ -85,6 +85,13 @@ def machine() -> dict:
 
 
 # --- the one clock ------------------------------------------------------------------------------------------
+def cuda_sync() -> None:
+    """Wait for the GPU's queued work, so that wall-clock times cover it (nothing to wait for on CPU)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class StepTimes:
     """Seconds of each training step: the first ``warmup`` steps untimed, then ``steps`` timed ones (all the
     rest when ``steps`` is None). ``clock`` is ``time.perf_counter`` (a test passes its own)."""
@@ -99,11 +106,13 @@ class StepTimes:
         self._t0: float | None = None
 
     def start(self) -> None:
+        cuda_sync()
         self._t0 = self.clock()
 
     def stop(self) -> None:
         if self._t0 is None:
             raise RuntimeError("StepTimes.stop() without start()")
+        cuda_sync()
         self.seconds.append(self.clock() - self._t0)
         self._t0 = None
 

@@ -10,6 +10,7 @@ warm-up step, the median of ``--steps``) and of one sleep.
 
     python -m benchmarks.wake_latency                  # full table (several minutes)
     python -m benchmarks.wake_latency --quick          # 1k and 8k only
+    python -m benchmarks.wake_latency --device cuda    # on a GPU (scripts/gpu_check.sh)
 Writes ``benchmarks/results/wake_latency.json``.
 """
 
@@ -36,9 +37,13 @@ class SleepTimer(SleepHooks):
         self._t0 = 0.0
 
     def on_sleep_start(self, window: int, passes: int) -> None:
+        if torch.cuda.is_available():  # time the GPU's work, not its queueing
+            torch.cuda.synchronize()
         self._t0 = time.perf_counter()
 
     def on_sleep_end(self, window: int, passes: int, state) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.seconds.append(time.perf_counter() - self._t0)
 
 
@@ -49,7 +54,13 @@ def kv_bytes(stream: Stream) -> int:
 def build(args, layout: str) -> HybridLM:
     torch.manual_seed(0)
     ssm = {"rule": args.rule, "heads": args.heads, "head_dim": args.dim // args.heads}
-    return HybridLM(args.vocab, dim=args.dim, layout=layout, heads=args.heads, ssm=ssm).eval()
+    return HybridLM(args.vocab, dim=args.dim, layout=layout, heads=args.heads, ssm=ssm).eval().to(args.device)
+
+
+def sync(args) -> None:
+    """Wait for the GPU's queued work, so that wall-clock times cover it (nothing on CPU)."""
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def stream_row(args, name: str, model: HybridLM, cfg: SleepConfig, length: int) -> dict:
@@ -60,17 +71,22 @@ def stream_row(args, name: str, model: HybridLM, cfg: SleepConfig, length: int) 
     chunk = cfg.window if cfg.eviction != "none" else 4096
     t0 = time.perf_counter()
     for start in range(0, prefill, chunk):
-        stream.feed(torch.randint(1, args.vocab, (1, min(chunk, prefill - start)), generator=gen))
+        stream.feed(
+            torch.randint(1, args.vocab, (1, min(chunk, prefill - start)), generator=gen).to(args.device)
+        )
+    sync(args)
     prefill_s = time.perf_counter() - t0
     for _ in range(8):  # warm-up: allocator and kernels settle before the timed tokens
-        stream.feed(torch.randint(1, args.vocab, (1, 1), generator=gen))
+        stream.feed(torch.randint(1, args.vocab, (1, 1), generator=gen).to(args.device))
     timer.seconds.clear()
     wake, peak_kv, peak_bytes = [], 0, 0
     for _ in range(args.decode):
-        token = torch.randint(1, args.vocab, (1, 1), generator=gen)
+        token = torch.randint(1, args.vocab, (1, 1), generator=gen).to(args.device)
         slept = len(timer.seconds)
+        sync(args)
         t0 = time.perf_counter()
         stream.feed(token)
+        sync(args)
         dt = time.perf_counter() - t0
         if len(timer.seconds) == slept:
             wake.append(dt)
@@ -95,7 +111,7 @@ def stream_row(args, name: str, model: HybridLM, cfg: SleepConfig, length: int) 
 
 def training_rows(args) -> list[dict]:
     torch.set_flush_denormal(True)  # as lmsleep fit trains: subnormal fast weights slow a CPU step ~5x
-    ids = torch.randint(1, args.vocab, (args.batch, args.train_len))
+    ids = torch.randint(1, args.vocab, (args.batch, args.train_len)).to(args.device)
     rows = []
     print(
         f"\ntraining step (batch {args.batch} x {args.train_len} tokens, L = {args.window}) and one sleep, against N"
@@ -139,13 +155,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--passes", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "wake_latency.json"))
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     lengths = [1024, 8192] if args.quick else args.lengths
     print(
-        f"streaming decode, d = {args.dim}, L = {args.window}, rule {args.rule}, torch threads {torch.get_num_threads()}"
+        f"streaming decode, d = {args.dim}, L = {args.window}, rule {args.rule}, torch threads {torch.get_num_threads()}, "
+        f"device {args.device}"
     )
     print(
         f"{'model':<22} {'length':>7} {'wake_p50':>9} {'wake_mean':>9} {'sleep_ms':>9} {'kv_tok':>8} {'kv_MiB':>8}"

@@ -16,6 +16,7 @@ from lmsleep.utils.config import (
     ConfigError,
     build,
     build_data_and_model,
+    check_kernel_backend,
     check_trainer,
     flat_hparams,
     instantiate_group,
@@ -60,6 +61,7 @@ def build_run(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
     """Seed, then the DataModule, the LightningModule, the loggers and a Trainer with the configured callbacks."""
     check_precision(cfg.trainer)
     check_trainer(cfg)
+    check_kernel_backend(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("flush_denormal", True):

@@ -10,6 +10,9 @@ and both pull in triton, which is slow to import.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +23,17 @@ __all__ = [
     "INSTALL_HINT",
     "KernelSpec",
     "BackendUnavailableError",
+    "kernel_import_error",
     "load_kernel",
     "resolve_backend",
 ]
 
 TORCH_BACKENDS = ("recurrent", "chunked")
-INSTALL_HINT = 'install the kernels with `pip install -e ".[cuda]"` on a CUDA machine'
+# mamba-ssm without its CUDA extension: lmsleep uses only its Triton SSD kernels (docs/gpu.md).
+INSTALL_HINT = (
+    "install the kernels on a CUDA machine with `make install-cuda`, i.e. "
+    '`MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install -e ".[cuda]" --no-build-isolation`'
+)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -61,11 +69,33 @@ def _import_kernel(spec: KernelSpec) -> Callable | BaseException:
     key = (spec.module, spec.attr)
     if key not in _KERNEL_CACHE:
         try:
-            _KERNEL_CACHE[key] = getattr(importlib.import_module(spec.module), spec.attr)
+            _KERNEL_CACHE[key] = getattr(_import_module(spec.module), spec.attr)
         # mamba-ssm raises more than ImportError when CUDA extensions are missing or mismatched.
         except Exception as err:  # noqa: BLE001
             _KERNEL_CACHE[key] = err
     return _KERNEL_CACHE[key]
+
+
+def _import_module(name: str) -> types.ModuleType:
+    """``importlib.import_module(name)``, and for a submodule whose package ``__init__`` fails, the submodule
+    without that ``__init__``: ``mamba_ssm/__init__.py`` imports the compiled CUDA extension of Mamba-1's
+    selective scan, which a ``MAMBA_SKIP_CUDA_BUILD`` install (seconds instead of a long nvcc build) lacks,
+    while the Triton SSD kernels lmsleep calls need none of it. The package is then registered as a bare
+    module (its ``__init__`` names, e.g. ``mamba_ssm.Mamba2``, are absent in this process)."""
+    try:
+        return importlib.import_module(name)
+    except Exception:
+        top = name.split(".")[0]
+        if top == name or top in sys.modules or (spec := importlib.util.find_spec(top)) is None:
+            raise
+        package = types.ModuleType(top)
+        package.__path__ = list(spec.submodule_search_locations or [])
+        sys.modules[top] = package
+        try:
+            return importlib.import_module(name)
+        except Exception:
+            del sys.modules[top]
+            raise
 
 
 def load_kernel(op: str) -> Callable:
@@ -79,6 +109,12 @@ def load_kernel(op: str) -> Callable:
             f"or use backend='chunked'."
         ) from fn
     return fn
+
+
+def kernel_import_error(op: str) -> BaseException | None:
+    """Why ``op``'s kernel package does not import here, or None when it does (CUDA or not)."""
+    fn = _import_kernel(KERNELS[op])
+    return fn if isinstance(fn, BaseException) else None
 
 
 def kernel_available(op: str) -> bool:

@@ -202,6 +202,46 @@ def check_trainer(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{name}={value!r} must be an integer (e.g. trainer.{name}=1000)")
 
 
+# The fast-weight rule -> its op in lmsleep.ops (whose kernel backend is KERNELS[op].backend).
+RULE_OPS = {"gated_delta": "gated_delta_rule", "mamba2": "ssd"}
+
+
+def check_kernel_backend(cfg: DictConfig) -> None:
+    """An explicit kernel backend (``model.net.ssm.backend=fla`` or ``mamba_ssm``) must be the rule's kernel,
+    importable, and have a GPU to run on; otherwise stop before any work, with the install command.
+    ``auto`` (the default) never stops: it takes the kernel on CUDA when it imports, else the torch path."""
+    from lmsleep.ops.backend import INSTALL_HINT, KERNELS, TORCH_BACKENDS, kernel_import_error
+
+    net = cfg.get("model", {}).get("net") or {}
+    ssm = net.get("ssm") or {}
+    backend, rule = str(ssm.get("backend", "auto")), str(ssm.get("rule", "mamba2"))
+    if backend == "auto" or backend in TORCH_BACKENDS or "ssm" not in str(net.get("layout", "")):
+        return
+    op = RULE_OPS.get(rule)
+    if op is None or backend != KERNELS[op].backend:
+        kernel = f"{KERNELS[op].backend!r}" if op else "none"
+        raise ConfigError(
+            f"model.net.ssm.backend={backend} is not a kernel of rule {rule!r} (its kernel: {kernel}); use "
+            "model.net.ssm.backend=auto, chunked or recurrent, or the rule's kernel"
+        )
+    spec = KERNELS[op]
+    err = kernel_import_error(op)
+    if err is not None:
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"model.net.ssm.backend={backend} needs the {spec.package} package, which does not import here "
+            f"({type(err).__name__}: {first_line}); {INSTALL_HINT} (docs/gpu.md), or use "
+            "model.net.ssm.backend=auto"
+        )
+    if cfg.get("trainer", {}).get("accelerator") == "cpu" or not torch.cuda.is_available():
+        raise ConfigError(
+            f"model.net.ssm.backend={backend} is a GPU kernel and this run has no CUDA device "
+            f"(trainer.accelerator={cfg.get('trainer', {}).get('accelerator')}, "
+            f"CUDA available: {torch.cuda.is_available()}); use trainer=gpu on a GPU machine, or "
+            "model.net.ssm.backend=auto (the torch chunked path on CPU)"
+        )
+
+
 def check_writable_dir(path: str | Path, what: str) -> None:
     """Create the folder ``path`` (and its parents) if needed and check that files can be written in it, so
     a log folder that is read-only, a file or cannot be created stops the run before any work."""
