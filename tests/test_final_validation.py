@@ -61,7 +61,9 @@ def test_a_fit_tests_its_final_weights_and_its_best_checkpoint(six_steps, compos
         assert f"hp/{prefix}_acc_exact" in tags
     # test_final/ is the weights of step 6 (last.ckpt, saved at the last validation); test/ the best checkpoint
     cb = six_steps.trainer.checkpoint_callback
-    for prefix, ckpt in (("test_final", cb.last_model_path), ("test", cb.best_model_path)):
+    last = six_steps.out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    for prefix, ckpt in (("test_final", last), ("test", cb.best_model_path)):
         cfg = compose(
             [*tiny, "data.task.width=6", f"ckpt_path={ckpt}"],
             config_name="test",
@@ -72,7 +74,7 @@ def test_a_fit_tests_its_final_weights_and_its_best_checkpoint(six_steps, compos
             assert metrics[f"test/{key}"] == pytest.approx(
                 six_steps.metrics[f"{prefix}/{key}"], rel=1e-6, abs=1e-7
             )
-    assert torch.load(cb.last_model_path, map_location="cpu", weights_only=True)["global_step"] == 6
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
 
 
 def test_a_budget_shorter_than_one_epoch_is_validated_at_its_end(compose, tiny, tmp_path, one_thread):
@@ -84,3 +86,37 @@ def test_a_budget_shorter_than_one_epoch_is_validated_at_its_end(compose, tiny, 
     run = fit(compose, overrides, tmp_path / "accumulated")
     # epochs of 4 batches = 2 optimiser steps: validated after steps 2 (epoch end) and 3 (the last)
     assert run.trainer.global_step == 3 and val_steps(run) == [2, 3]
+
+
+def test_test_is_the_best_checkpoint_and_test_final_the_last_weights_when_they_differ(
+    compose, tiny, tmp_path, one_thread
+):
+    """With the checkpoint's mode turned to max, the best validation loss is the highest, the first one
+    here: test/ must then be that earlier checkpoint's, test_final/ the last step's."""
+    overrides = [
+        *tiny,
+        *RUN,
+        "trainer.max_epochs=10",
+        "trainer.max_steps=6",
+        "callbacks.model_checkpoint.mode=max",
+        # every validation saved, so last.ckpt holds step 6 (Lightning 2.6 writes last.ckpt only beside a
+        # top-k save); test_final/ is measured from memory either way
+        "callbacks.model_checkpoint.save_top_k=-1",
+    ]
+    run = fit(compose, overrides, tmp_path / "run")
+    cb = run.trainer.checkpoint_callback  # its state is the best checkpoint's now (test/ restored it)
+    losses = [e.value for e in run.events.Scalars("val/loss")]
+    assert losses[0] > losses[1]  # training lowered the validation loss, so "best" (max) is step 4
+    assert torch.load(cb.best_model_path, map_location="cpu", weights_only=True)["global_step"] == 4
+    assert cb.best_model_path.endswith("epoch_000.ckpt")
+    assert run.metrics["test/loss"] != run.metrics["test_final/loss"]
+    last = run.out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    for prefix, ckpt in (("test_final", last), ("test", cb.best_model_path)):
+        cfg = compose(
+            [*tiny, "data.task.width=6", f"ckpt_path={ckpt}"],
+            config_name="test",
+            output_dir=tmp_path / prefix,
+        )
+        metrics, _ = evaluate(cfg)
+        assert metrics["test/loss"] == pytest.approx(run.metrics[f"{prefix}/loss"], rel=1e-6, abs=1e-7)

@@ -64,11 +64,26 @@ def test_runs_that_differ_in_a_recorded_setting_are_separate_configurations(tmp_
     write(tmp_path, "b", 1, schedule="cosine", muon_lr=0.002)
     write(tmp_path, "c", 0, schedule="constant", muon_lr=0.002)
     write(tmp_path, "e", 0, schedule="constant", muon_lr=0.004)
-    # a raw file written before these were recorded groups as before: unknown, not None
-    write(tmp_path, "old", 2)
     assert {label: len(runs) for label, runs in load_raw(tmp_path).items()} == {
-        "d hybrid N=1": 1,
         "d hybrid N=1 muon_lr=0.002, schedule=constant": 1,
         "d hybrid N=1 muon_lr=0.002, schedule=cosine": 2,
         "d hybrid N=1 muon_lr=0.004, schedule=constant": 1,
     }
+
+
+def test_a_raw_file_from_before_is_a_cosine_run_and_its_other_settings_unknown(tmp_path):
+    # every run before model.optim.schedule existed had the cosine: beside constant-schedule runs it is
+    # its own configuration; its learning rate is unknown, so it is left out of its label
+    write(tmp_path, "old", 0)
+    write(tmp_path, "old2", 1)
+    write(tmp_path, "new", 0, schedule="constant", muon_lr=0.002)
+    assert {label: len(runs) for label, runs in load_raw(tmp_path).items()} == {
+        "d hybrid N=1 schedule=cosine": 2,
+        "d hybrid N=1 schedule=constant": 1,
+    }
+    # beside new cosine runs it is one more seed of the same configuration
+    write(tmp_path, "new", 2, schedule="cosine", muon_lr=0.002)
+    assert {label: len(runs) for label, runs in load_raw(tmp_path).items()} == {"d hybrid N=1": 3}
+    # alone (every committed study today), its label is what it always was
+    (tmp_path / "new.json").unlink()
+    assert list(load_raw(tmp_path)) == ["d hybrid N=1"]

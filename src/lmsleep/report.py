@@ -35,7 +35,7 @@ from typing import Any
 
 from lmsleep.plots import pyplot
 from lmsleep.study_figures import figures
-from lmsleep.study_settings import HPARAMS, run_hparams
+from lmsleep.study_settings import HPARAMS, grouping_hparams, run_hparams
 from lmsleep.utils.config import ConfigError
 
 FINAL_METRICS = (
@@ -183,7 +183,7 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
 def _grouping_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings whose differences make two runs of one label separate configurations, not seeds."""
     recorded_later = {k: settings[k] for k in RECORDED_LATER if k in settings}
-    return {**settings["data"], **recorded_later}
+    return {**settings["data"], **recorded_later, **grouping_hparams(settings)}
 
 
 def _tokens_trained(runs: list[dict[str, Any]]) -> int:

@@ -32,6 +32,10 @@ HPARAMS = (
     "loop",
     "rule",
 )
+# What a raw file written before these were recorded can still be said to have used: every run before
+# model.optim.schedule existed had the warm-up and cosine schedule. So such a run and a new constant-schedule
+# run of one label are two configurations (schedule=cosine, schedule=constant), not two seeds of one.
+BEFORE_RECORDED = {"schedule": "cosine"}
 # recorded, but a function of other settings: not a grouping setting. token_budget is the samples' tokens
 # (padding included) of max_steps optimiser steps: max_steps x accumulate_grad_batches x tokens_per_step
 DERIVED = ("token_budget",)
@@ -73,3 +77,10 @@ def run_hparams(cfg: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
         "token_budget": steps * accumulate * tokens_per_step if steps else None,
     }
     return values
+
+
+def grouping_hparams(settings: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`HPARAMS` a raw file's ``settings`` hold, with :data:`BEFORE_RECORDED` for a file that
+    predates them (one without any of them)."""
+    known = {k: settings[k] for k in HPARAMS if k in settings}
+    return known if known else dict(BEFORE_RECORDED)
