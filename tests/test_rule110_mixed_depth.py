@@ -100,3 +100,12 @@ def test_a_fit_reports_metrics_by_depth(compose, tiny, tmp_path, one_thread):
     for prefix in ("val", "test", "test_final"):
         for t in (1, 2, 3):
             assert f"{prefix}/acc_exact@t={t}" in metrics and f"{prefix}/acc@t={t}" in metrics, (prefix, t)
+
+
+def test_the_pilot_config_is_the_study_model_on_mixed_depths_with_a_constant_rate(compose):
+    cfg = compose(["experiment=study_rule110_mixed_depth_pilot"])
+    assert list(cfg.data.task.steps) == [1, 6] and cfg.data.task.width == cfg.data.task.window == 16
+    assert cfg.model.optim.schedule == "constant" and cfg.model.sleep.passes == 1
+    assert cfg.model.net.ssm.rule == "gated_delta" and cfg.model.sleep.eviction == "hard"
+    assert cfg.trainer.max_steps == 2400 and "final_validation" in cfg.callbacks
+    assert cfg.data.val_size == 6 * 256 and cfg.data.test_size == 6 * 512
