@@ -17,8 +17,8 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
 step where a run logged them (``lmsleep fit`` tests both). Each raw JSON's ``settings`` also hold the
 hyperparameters a study varies or fixes (:mod:`lmsleep.study_settings`).
 
-Tokens are ``step x batch_size x (the task's max_length, or a text run's seq_len)`` summed over devices, i.e.
-the tokens the model was trained on including padding.
+Tokens are ``step x batch_size x accumulate_grad_batches x (the task's max_length, or a text run's seq_len)``
+summed over devices (a step is an optimiser step), i.e. the tokens the model was trained on including padding.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     data = cfg["data"]
     devices = cfg["trainer"].get("devices", 1)
     world = (devices if isinstance(devices, int) else len(devices)) * int(cfg["trainer"].get("num_nodes", 1))
+    accumulate = int(cfg["trainer"].get("accumulate_grad_batches") or 1)
     if "task" in data:
         length = instantiate(data["task"]).max_length
         data_settings = {k: v for k, v in data["task"].items() if k not in ("_target_", "seed")}
@@ -79,7 +80,8 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         "window": sleep.get("window"),
         "dim": model.get("dim"),
         "layout": str(layout),
-        "tokens_per_step": int(data["batch_size"]) * length * world,
+        # a logged step is an optimiser step: accumulate_grad_batches batches on every device
+        "tokens_per_step": int(data["batch_size"]) * length * world * accumulate,
         "max_steps": cfg["trainer"].get("max_steps"),
         "data": data_settings,
     }

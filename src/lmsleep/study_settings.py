@@ -37,7 +37,8 @@ HPARAMS = (
 # run of one label are two configurations (schedule=cosine, schedule=constant), not two seeds of one.
 BEFORE_RECORDED = {"schedule": "cosine"}
 # recorded, but a function of other settings: not a grouping setting. token_budget is the samples' tokens
-# (padding included) of max_steps optimiser steps: max_steps x accumulate_grad_batches x tokens_per_step
+# (padding included) of max_steps optimiser steps: max_steps x tokens_per_step (which counts every batch an
+# optimiser step accumulates, on every device)
 DERIVED = ("token_budget",)
 
 
@@ -50,7 +51,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def run_hparams(cfg: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
-    """The settings of :data:`HPARAMS` and :data:`DERIVED` of a run's config (a plain, resolved dict)."""
+    """The settings of :data:`HPARAMS` and :data:`DERIVED` of a run's config (a plain, resolved dict);
+    ``tokens_per_step``: the tokens of one optimiser step (``lmsleep.report.run_settings``)."""
     from lmsleep.lit.optim import OptimConfig
     from lmsleep.models.sleep import SleepConfig
 
@@ -74,7 +76,7 @@ def run_hparams(cfg: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
         # the fast-weight settings of a model without fast-weight layers say nothing
         "loop": net.get("loop", "all") if hybrid else None,
         "rule": (net.get("ssm") or {}).get("rule", "mamba2") if hybrid else None,
-        "token_budget": steps * accumulate * tokens_per_step if steps else None,
+        "token_budget": steps * tokens_per_step if steps else None,
     }
     return values
 
