@@ -90,6 +90,9 @@ class LitLM(L.LightningModule, SleepHooks):
         self.skipped_batches = 0  # batches dropped for a non-finite loss or gradient (optim.nonfinite=skip)
         self.batches_done = 0  # training batches of this fit, resumed runs included: the step scalars log at
         self.optimizer_steps, self.clipped_steps = 0, 0  # train/clipped_share, resumed runs included
+        # the name a test logs under: test/ (the checkpoint a test loaded), or test_final/ while `lmsleep fit`
+        # tests the weights of its last step beside its best checkpoint (docs/design.md#training)
+        self.test_prefix = "test"
         self._resync_log_step = False
 
     # --- forward and hooks ------------------------------------------------------------------------------
@@ -241,9 +244,7 @@ class LitLM(L.LightningModule, SleepHooks):
         self.last_val_metrics = self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        # ``test_prefix``: ``test`` (the checkpoint a test loaded), or ``test_final`` when ``train`` tests the
-        # weights of the last training step beside the best checkpoint (docs/design.md#training)
-        self.last_test_metrics = self._log_epoch("test", getattr(self, "test_prefix", "test"))
+        self.last_test_metrics = self._log_epoch("test", self.test_prefix)
 
     # --- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self):
