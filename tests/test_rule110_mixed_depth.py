@@ -108,4 +108,5 @@ def test_the_pilot_config_is_the_study_model_on_mixed_depths_with_a_constant_rat
     assert cfg.model.optim.schedule == "constant" and cfg.model.sleep.passes == 1
     assert cfg.model.net.ssm.rule == "gated_delta" and cfg.model.sleep.eviction == "hard"
     assert cfg.trainer.max_steps == 2400 and "final_validation" in cfg.callbacks
+    assert cfg.trainer.max_steps % cfg.callbacks.step_checkpoint.every_n_train_steps == 0  # last step on disk
     assert cfg.data.val_size == 6 * 256 and cfg.data.test_size == 6 * 512
