@@ -145,8 +145,10 @@ def _take_prompt(args: list[str]) -> tuple[list[str], str | None]:
 
 
 def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
-    tests = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/") and "@" not in k}
-    print("\n" + "\n".join(f"  {k:<18} {v:.4f}" for k, v in tests.items()))
+    tests = {
+        k: v for k, v in sorted(metrics.items()) if k.startswith(("test/", "test_final/")) and "@" not in k
+    }
+    print("\n" + "\n".join(f"  {k:<22} {v:.4f}" for k, v in tests.items()))
     print(f"run folder:  {cfg.paths.output_dir}")
     print(f"TensorBoard: tensorboard --logdir {cfg.paths.output_dir}/tensorboard")
 

@@ -26,7 +26,7 @@ log = logging.getLogger("lmsleep")
 
 # the final metrics beside the config in TensorBoard's HPARAMS tab (answer accuracy of tasks, bits per byte of text)
 HPARAM_METRICS = tuple(
-    f"{split}/{m}" for split in ("val", "test") for m in ("loss", "acc", "acc_exact", "bpb")
+    f"{split}/{m}" for split in ("val", "test", "test_final") for m in ("loss", "acc", "acc_exact", "bpb")
 )
 
 

@@ -1,4 +1,4 @@
-"""``train(cfg)``: fit a model, then test its best checkpoint. ``lmsleep fit`` is a thin wrapper around it."""
+"""``train(cfg)``: fit a model, then test its final weights and its best checkpoint. ``lmsleep fit`` is a thin wrapper around it."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _keep_earlier_csv_logs(cfg: DictConfig, step: int) -> None:
 
 
 def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train ``cfg.model`` on ``cfg.data`` and test the best checkpoint.
+    """Train ``cfg.model`` on ``cfg.data``, then test its final weights (``test_final/...``) and its best
+    checkpoint (``test/...``).
 
     Args:
         cfg: a composed ``fit`` config (see ``configs/fit.yaml``).
@@ -38,7 +39,8 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
             rebuild the same data and model.
 
     Returns:
-        the metrics (``train/...``, ``val/...``, ``test/...``) and the objects built (trainer, model, data).
+        the metrics (``train/...``, ``val/...``, ``test/...``, ``test_final/...``) and the objects built
+        (trainer, model, data).
     """
     resume = check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
     if resume is not None:
@@ -73,11 +75,19 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
             ckpt = cfg.get("ckpt_path") or ""  # `train=false ckpt_path=X`: test X, not the untrained weights
         if not ckpt:
             log.warning("No checkpoint (checkpointing off or fast_dev_run); testing the current weights")
-        try:
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt or None, weights_only=True)
-        except SIGTERMException as exc:  # a SystemExit with status 0: the run must not look finished
-            raise Preempted(signal.SIGTERM, trainer.global_step, None, testing=True) from exc
-        metrics.update(as_floats(trainer.callback_metrics))
-        log.info(f"Tested checkpoint: {ckpt or '(current weights)'}")
+        # A fit tests its final weights (``test_final/...``, while they are still in memory), then the best
+        # validated checkpoint (``test/...``, what every earlier run and `lmsleep test` report).
+        tests = [("test_final", None), ("test", ckpt or None)] if cfg.get("train", True) else []
+        for prefix, path in tests or [("test", ckpt or None)]:
+            model.test_prefix = prefix
+            try:
+                trainer.test(model=model, datamodule=datamodule, ckpt_path=path, weights_only=True)
+            except SIGTERMException as exc:  # a SystemExit with status 0: the run must not look finished
+                raise Preempted(signal.SIGTERM, trainer.global_step, None, testing=True) from exc
+            finally:
+                model.test_prefix = "test"
+            metrics.update(as_floats(trainer.callback_metrics))
+        final = " (test/...) and the final weights (test_final/...)" if tests else ""
+        log.info(f"Tested checkpoint: {ckpt or '(current weights)'}{final}")
     finish_run(loggers, cfg, metrics)
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "cfg": cfg}

@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lmsleep.data.task import IGNORE_INDEX
 from lmsleep.lit.metrics import AnswerMetrics, WindowLMMetrics, masked_cross_entropy
-from lmsleep.lit.optim import OptimConfig, build_optimizer, warmup_cosine
+from lmsleep.lit.optim import OptimConfig, build_optimizer, lr_schedule
 from lmsleep.models.hybrid import HybridLM
 from lmsleep.models.sleep import SleepConfig, SleepHooks
 from lmsleep.models.state import ModelState
@@ -85,10 +85,14 @@ class LitLM(L.LightningModule, SleepHooks):
             self.val_metrics, self.test_metrics = WindowLMMetrics(), WindowLMMetrics()
         else:
             self.val_metrics, self.test_metrics = AnswerMetrics(depth_name), AnswerMetrics(depth_name)
-        self._total_steps = 1  # of the cosine schedule; set when training starts
+        self._total_steps = 1  # of the learning-rate schedule; set when training starts
         self._window_checked = False
         self.skipped_batches = 0  # batches dropped for a non-finite loss or gradient (optim.nonfinite=skip)
         self.batches_done = 0  # training batches of this fit, resumed runs included: the step scalars log at
+        self.optimizer_steps, self.clipped_steps = 0, 0  # train/clipped_share, resumed runs included
+        # the name a test logs under: test/ (the checkpoint a test loaded), or test_final/ while `lmsleep fit`
+        # tests the weights of its last step beside its best checkpoint (docs/design.md#training)
+        self.test_prefix = "test"
         self._resync_log_step = False
 
     # --- forward and hooks ------------------------------------------------------------------------------
@@ -163,8 +167,27 @@ class LitLM(L.LightningModule, SleepHooks):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping and the step (DDP has already averaged the gradients): one global norm.
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if grads and not self._finite("the gradient norm", torch.nn.utils.get_total_norm(grads)):
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not self._finite("the gradient norm", norm):
             optimizer.zero_grad(set_to_none=True)  # no gradient: Muon and AdamW leave every parameter be
+            return
+        self._log_clipping(norm.detach())
+
+    def _log_clipping(self, norm: torch.Tensor) -> None:
+        """``train/grad_norm`` (the global norm before clipping), ``train/clipped`` (1 when
+        ``trainer.gradient_clip_val`` clips this step) and ``train/clipped_share`` (the share of this fit's
+        optimiser steps clipped so far, resumed runs included)."""
+        clip = self.trainer.gradient_clip_val if self._trainer is not None else None
+        # by value (gradient_clip_algorithm=value) clipping touches single entries: not counted here
+        by_norm = self._trainer is not None and self.trainer.gradient_clip_algorithm != "value"
+        clipped = bool(clip) and by_norm and float(norm) > float(clip)
+        self.optimizer_steps += 1
+        self.clipped_steps += int(clipped)
+        self.log("train/grad_norm", norm, batch_size=1)
+        self.log("train/clipped", float(clipped), batch_size=1)
+        self.log("train/clipped_share", self.clipped_steps / self.optimizer_steps, batch_size=1)
 
     def _finite(self, what: str, value: torch.Tensor) -> bool:
         """False when ``value`` (this step's loss or gradient norm) is NaN/inf on any rank (then
@@ -203,13 +226,17 @@ class LitLM(L.LightningModule, SleepHooks):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _log_epoch(self, split: str) -> dict[str, torch.Tensor]:
+    def _log_epoch(self, split: str, prefix: str | None = None) -> dict[str, torch.Tensor]:
         metric = getattr(self, f"{split}_metrics")
         values = metric.compute()  # already reduced over DDP ranks
         metric.reset()
         for name, value in values.items():
             self.log(
-                f"{split}/{name}", value, prog_bar="@" not in name, sync_dist=False, rank_zero_only=False
+                f"{prefix or split}/{name}",
+                value,
+                prog_bar="@" not in name,
+                sync_dist=False,
+                rank_zero_only=False,
             )
         return values
 
@@ -217,17 +244,15 @@ class LitLM(L.LightningModule, SleepHooks):
         self.last_val_metrics = self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_metrics = self._log_epoch("test")
+        self.last_test_metrics = self._log_epoch("test", self.test_prefix)
 
     # --- optimisation -----------------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = build_optimizer(self.net, self.optim_cfg)
         # The total is read when training starts: asking Lightning for it here would build the training
         # loader before a resumed run restores the loader's position. One factor, applied to each group's
-        # own peak rate (Muon's and AdamW's).
-        factor = warmup_cosine(
-            lambda: self._total_steps, self.optim_cfg.warmup_steps, self.optim_cfg.min_lr_ratio
-        )
+        # own peak rate (Muon's and AdamW's); model.optim.schedule chooses its shape after the warm-up.
+        factor = lr_schedule(self.optim_cfg, lambda: self._total_steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": LambdaLR(optimizer, factor), "interval": "step"},
@@ -248,6 +273,7 @@ class LitLM(L.LightningModule, SleepHooks):
         checkpoint["sleep_config"] = self.sleep.to_dict()
         checkpoint["skipped_batches"] = self.skipped_batches
         checkpoint["batches_done"] = self.batches_done
+        checkpoint["clipped_steps"] = [self.clipped_steps, self.optimizer_steps]
         # The run's overrides let `lmsleep test ckpt_path=...` rebuild the same data and model.
         if getattr(self, "run_config", None):
             checkpoint["lmsleep_run"] = self.run_config
@@ -258,6 +284,7 @@ class LitLM(L.LightningModule, SleepHooks):
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
         if fitting:  # the counts of a resumed fit go on
             self.skipped_batches = int(checkpoint.get("skipped_batches", 0))
+            self.clipped_steps, self.optimizer_steps = checkpoint.get("clipped_steps", (0, 0))
             if "batches_done" in checkpoint:
                 self.batches_done, self._resync_log_step = int(checkpoint["batches_done"]), True
         if fitting and "sleep_config" in checkpoint:

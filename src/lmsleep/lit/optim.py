@@ -1,5 +1,6 @@
 """One optimiser for the whole model: Muon for the hidden weight matrices, AdamW for everything else, with
-warm-up and cosine decay (docs/design.md#training)."""
+warm-up and then a cosine decay, a constant rate, or a constant rate with a final decay (warm-up-stable-decay)
+(docs/design.md#training)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from lmsleep.lit.muon import NS_DTYPES, Muon
 
 NONFINITE = ("stop", "skip")
+SCHEDULES = ("cosine", "constant", "wsd")
 
 
 @dataclass
@@ -31,7 +33,12 @@ class OptimConfig:
         betas: AdamW betas.
         momentum: Muon momentum.
         warmup_steps: linear warm-up from 0 to the peak rate.
-        min_lr_ratio: the cosine decays to this fraction of the peak at the last step.
+        schedule: the rate after warm-up, as a multiple of each group's peak: ``cosine`` (a cosine decay to
+            ``min_lr_ratio`` at the last step), ``constant`` (the peak to the end: no run is judged at a
+            cooled rate because it started learning late) or ``wsd`` (warm-up, stable, decay: the peak, then
+            a linear decay to ``min_lr_ratio`` over the last ``decay_fraction`` of the steps).
+        min_lr_ratio: the rate at the last step of ``cosine`` and ``wsd``, as a fraction of the peak.
+        decay_fraction: the share of all training steps that ``wsd`` spends decaying (0 = ``constant``).
         muon_adjust_lr: Muon's ``adjust_lr_fn`` (``original`` or ``match_rms_adamw``; None = torch's default).
         muon_ns_dtype: dtype of Muon's Newton-Schulz orthogonalisation: ``auto`` (torch's bfloat16 on CUDA,
             float32 on CPU, where bf16 matmuls without AMX made Muon's step about 10x slower), ``bfloat16``
@@ -48,7 +55,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     momentum: float = 0.95
     warmup_steps: int = 50
+    schedule: str = "cosine"
     min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
     muon_adjust_lr: str | None = None
     muon_ns_dtype: str = "auto"
     nonfinite: str = "stop"
@@ -66,6 +75,14 @@ class OptimConfig:
             )
         if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"optim.schedule={self.schedule!r} is not one of {SCHEDULES} (cosine: decay to min_lr_ratio; "
+                "constant: the peak after warm-up; wsd: the peak, then a linear decay over the last "
+                "decay_fraction of the steps)"
+            )
+        if not 0 <= self.decay_fraction <= 1:
+            raise ValueError(f"optim.decay_fraction={self.decay_fraction} must be in [0, 1]")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> OptimConfig:
@@ -190,3 +207,31 @@ def warmup_cosine(total_steps: int | Callable[[], int], warmup_steps: int, min_l
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def warmup_stable_decay(
+    total_steps: int | Callable[[], int], warmup_steps: int, min_lr_ratio: float, decay_fraction: float
+):
+    """Multiplier of the peak rate at a step: linear warm-up, the peak, then a linear decay to ``min_lr_ratio``
+    over the last ``decay_fraction`` of ``total_steps`` (never into the warm-up); ``decay_fraction=0`` keeps
+    the peak to the end (``schedule=constant``)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if decay_fraction <= 0:
+            return 1.0
+        total = total_steps() if callable(total_steps) else total_steps
+        start = max(warmup_steps, total - round(decay_fraction * total))
+        progress = min(1.0, max(0.0, (step - start) / max(1, total - start)))
+        return 1.0 - (1.0 - min_lr_ratio) * progress
+
+    return factor
+
+
+def lr_schedule(cfg: OptimConfig, total_steps: int | Callable[[], int]):
+    """The multiplier of ``cfg.schedule`` (``cosine``, ``constant`` or ``wsd``) at a step, for ``LambdaLR``."""
+    if cfg.schedule == "cosine":
+        return warmup_cosine(total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    decay = cfg.decay_fraction if cfg.schedule == "wsd" else 0.0
+    return warmup_stable_decay(total_steps, cfg.warmup_steps, cfg.min_lr_ratio, decay)

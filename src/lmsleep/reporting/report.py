@@ -9,10 +9,16 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
   of each metric as mean, min and max over seeds, with the number of seeds and the tokens trained, and the
   final test metrics of each depth bucket (``test/acc@k=2``; a text run's ``@window=``) the same way;
 - ``<out>/<figure>.png``: the figures of :mod:`lmsleep.reporting.study_figures` (``curves``, ``buckets``, ``final``,
-  ``depth``, ``window``), each where the runs logged what it draws.
+  ``depth``, ``window``), each where the runs logged what it draws;
+- with ``baseline=LABEL`` (a configuration's label as the summary prints it), ``summary.md`` ends with the
+  paired statistics of every configuration that shares seeds with it (:mod:`lmsleep.reporting.paired_stats`).
 
-Tokens are ``step x batch_size x (the task's max_length, or a text run's seq_len)`` summed over devices, i.e.
-the tokens the model was trained on including padding.
+``test/...`` is the best validated checkpoint (as in every run), ``test_final/...`` the weights of the last
+step where a run logged them (``lmsleep fit`` tests both). Each raw JSON's ``settings`` also hold the
+hyperparameters a study varies or fixes (:mod:`lmsleep.reporting.study_settings`).
+
+Tokens are ``step x batch_size x accumulate_grad_batches x (the task's max_length, or a text run's seq_len)``
+summed over devices (a step is an optimiser step), i.e. the tokens the model was trained on including padding.
 """
 
 from __future__ import annotations
@@ -30,14 +36,18 @@ from typing import Any
 from lmsleep.data.task import task_from_config
 from lmsleep.reporting.plots import pyplot
 from lmsleep.reporting.study_figures import figures
+from lmsleep.reporting.study_settings import HPARAMS, grouping_hparams, run_hparams
 from lmsleep.utils.config import ConfigError
 
 FINAL_METRICS = (
     *("val/acc", "val/acc_exact", "val/loss", "val/bpb"),
     *("test/acc", "test/acc_exact", "test/loss", "test/bpb"),
+    # the final weights of runs that tested them beside the best checkpoint (``test/``)
+    *("test_final/acc", "test_final/acc_exact", "test_final/loss", "test_final/bpb"),
 )
+TEST_PREFIXES = ("test/", "test_final/")
 # A test metric of one bucket: its depth (Depo's k, Rule 110's t, GSM's ops) or a text run's window index.
-BUCKET_TAG = re.compile(r"^test/(\w+)@(\w+)=(\d+)$")
+BUCKET_TAG = re.compile(r"^(test|test_final)/(\w+)@(\w+)=(\d+)$")
 BUCKET_METRICS = ("acc", "acc_exact", "loss", "bpb")  # the bucket table's first columns, in this order
 # Metrics whose best value is the smallest (the others are accuracies).
 LOWER_IS_BETTER = ("loss", "bpb", "bpt")
@@ -54,6 +64,7 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     data = cfg["data"]
     devices = cfg["trainer"].get("devices", 1)
     world = (devices if isinstance(devices, int) else len(devices)) * int(cfg["trainer"].get("num_nodes", 1))
+    accumulate = int(cfg["trainer"].get("accumulate_grad_batches") or 1)
     if "task" in data:
         length = task_from_config(data["task"]).max_length
         data_settings = {k: v for k, v in data["task"].items() if k not in ("_target_", "seed")}
@@ -68,10 +79,12 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         "window": sleep.get("window"),
         "dim": model.get("dim"),
         "layout": str(layout),
-        "tokens_per_step": int(data["batch_size"]) * length * world,
+        # a logged step is an optimiser step: accumulate_grad_batches batches on every device
+        "tokens_per_step": int(data["batch_size"]) * length * world * accumulate,
         "max_steps": cfg["trainer"].get("max_steps"),
         "data": data_settings,
     }
+    settings.update(run_hparams(cfg, settings["tokens_per_step"]))  # learning rates, schedule, clipping, ...
     label = f"{settings['task_name']} {kind}" + (f" N={settings['passes']}" if kind == "hybrid" else "")
     # hard eviction is a hybrid's default and goes unsaid; a transformer's default is none
     evictions = {"none": " (no eviction)", "sliding": " (sliding)"}
@@ -126,7 +139,7 @@ def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
 
 # Settings that raw files written before them do not hold: such a file groups as before, and its label leaves
 # them out rather than calling them None.
-RECORDED_LATER = ("max_steps", "layout")
+RECORDED_LATER = ("max_steps", "layout", *HPARAMS)
 
 
 def _known(settings: dict[str, Any], key: str) -> bool:
@@ -174,7 +187,7 @@ def load_raw(raw: Path) -> dict[str, list[dict[str, Any]]]:
 def _grouping_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings whose differences make two runs of one label separate configurations, not seeds."""
     recorded_later = {k: settings[k] for k in RECORDED_LATER if k in settings}
-    return {**settings["data"], **recorded_later}
+    return {**settings["data"], **recorded_later, **grouping_hparams(settings)}
 
 
 def _tokens_trained(runs: list[dict[str, Any]]) -> int:
@@ -189,7 +202,7 @@ def _stats(values: list[float]) -> str:
 def headline_table(groups: dict[str, list[dict[str, Any]]]) -> str:
     """One row per configuration: the final test metrics, mean [min, max] over seeds."""
     logged = {tag for runs in groups.values() for r in runs for tag in r["series"]}
-    metrics = [m for m in FINAL_METRICS if m.startswith("test/") and m in logged]
+    metrics = [m for m in FINAL_METRICS if m.startswith(TEST_PREFIXES) and m in logged]
     lines = [
         "| configuration | seeds | tokens | " + " | ".join(metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
@@ -214,15 +227,17 @@ def bucket_table(groups: dict[str, list[dict[str, Any]]]) -> str:
         for r in runs:
             for tag, s in r["series"].items():
                 if match := BUCKET_TAG.match(tag):
-                    metric, axis, bucket = match.group(1), match.group(2), int(match.group(3))
+                    prefix, name, axis, bucket = match.groups()
+                    metric, bucket = f"{prefix}/{name}", int(bucket)
                     metrics.add(metric)
                     by_bucket = cells.setdefault(label, {}).setdefault((axis, bucket), {})
                     by_bucket.setdefault(metric, []).append(s[-1][2])
     if not cells:
         return ""
-    order = [m for m in BUCKET_METRICS if m in metrics] + sorted(metrics - set(BUCKET_METRICS))
+    known = [f"{p}{m}" for p in TEST_PREFIXES for m in BUCKET_METRICS]
+    order = [m for m in known if m in metrics] + sorted(metrics - set(known))
     lines = [
-        "| configuration | seeds | tokens | bucket | " + " | ".join(f"test/{m}" for m in order) + " |",
+        "| configuration | seeds | tokens | bucket | " + " | ".join(order) + " |",
         "|---|---|---|---|" + "---|" * len(order),
     ]
     for label, by_bucket in cells.items():
@@ -268,11 +283,30 @@ def summary_table(groups: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(raw: Path, out: Path) -> list[Path]:
-    """Tables and plots from the raw files in ``raw``; returns the files written."""
+def paired_section(groups: dict[str, list[dict[str, Any]]], baseline: str) -> str:
+    """The paired statistics against ``baseline`` (:mod:`lmsleep.reporting.paired_stats`) of the final test metrics and
+    of each bucket's exact accuracy (a depth's)."""
+    from lmsleep.reporting.paired_stats import paired_table
+
+    logged = {tag for runs in groups.values() for r in runs for tag in r["series"]}
+    metrics = [m for m in FINAL_METRICS if m.startswith(TEST_PREFIXES) and m in logged]
+    buckets = [t for t in logged if (m := BUCKET_TAG.match(t)) and m.group(2) == "acc_exact"]
+    metrics += sorted(buckets, key=lambda t: (t.split("@")[0], t.split("=")[0], int(t.rsplit("=", 1)[1])))
+    try:
+        return paired_table(groups, baseline, metrics)
+    except KeyError as exc:
+        raise ConfigError(f"lmsleep report: {exc.args[0]}") from None
+
+
+def build(raw: Path, out: Path, baseline: str | None = None) -> list[Path]:
+    """Tables and plots from the raw files in ``raw`` (with the paired statistics against the configuration
+    labelled ``baseline``, if given); returns the files written."""
     groups = load_raw(raw)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(summary_table(groups))
+    summary = summary_table(groups)
+    if baseline is not None:
+        summary += "\n" + paired_section(groups, baseline)
+    (out / "summary.md").write_text(summary)
     written = [out / "summary.md"]
     plt = pyplot()
     for name, fig in figures(groups).items():
@@ -283,8 +317,10 @@ def build(raw: Path, out: Path) -> list[Path]:
     return written
 
 
-def report(paths: list[str], out: str = "results") -> list[Path]:
-    """Run folders (or one folder of raw files) -> ``out/raw/`` and the tables and plots in ``out``."""
+def report(paths: list[str], out: str = "results", baseline: str | None = None) -> list[Path]:
+    """Run folders (or one folder of raw files) -> ``out/raw/`` and the tables and plots in ``out``;
+    ``baseline``: the label of the configuration to pair the others with by seed (``summary.md`` then ends
+    with their paired statistics)."""
     if not paths:
         raise ConfigError("lmsleep report needs run folders (logs/<task>/runs/<time>) or a raw/ folder")
     out_dir = Path(out)
@@ -293,7 +329,7 @@ def report(paths: list[str], out: str = "results") -> list[Path]:
     if missing:
         raise ConfigError(f"lmsleep report: not a folder: {', '.join(missing)}")
     if len(dirs) == 1 and list(dirs[0].glob("*.json")) and not (dirs[0] / "config.yaml").exists():
-        return build(dirs[0], out_dir)  # committed raw files: reproduce the tables and plots
+        return build(dirs[0], out_dir, baseline)  # committed raw files: reproduce the tables and plots
     raw = out_dir / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     # a run's raw files are named after its folder below the runs' common parent folder
@@ -301,11 +337,12 @@ def report(paths: list[str], out: str = "results") -> list[Path]:
     for d in dirs:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(d.resolve().relative_to(common)))[-200:].lstrip("-_.")
         write_raw(d, raw, name)
-    return build(raw, out_dir)
+    return build(raw, out_dir, baseline)
 
 
 def main(args: list[str]) -> None:
     out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), "results")
-    paths = [a for a in args if not a.startswith("out=")]
-    for path in report(paths, out):
+    baseline = next((a.split("=", 1)[1] for a in args if a.startswith("baseline=")), None)
+    paths = [a for a in args if not a.startswith(("out=", "baseline="))]
+    for path in report(paths, out, baseline):
         print(f"wrote {path}")
