@@ -36,12 +36,12 @@ class ModelState:
 
     def clear_kv(self) -> ModelState:
         """Evict every attention layer's KV cache (hard eviction)."""
-        layers = [None if isinstance(s, KVCache) else s for s in self.layers]
+        layers = [None if _holds_kv(s) else s for s in self.layers]
         return ModelState(layers, self.pos, self.window_index)
 
     def kv_length(self) -> int:
         """Longest KV cache over the attention layers (tokens held in memory)."""
-        return max((len(s) for s in self.layers if isinstance(s, KVCache)), default=0)
+        return max((len(s) for s in self.layers if _holds_kv(s)), default=0)
 
     def replace(self, index: int, layer_state: Any) -> ModelState:
         layers = list(self.layers)
@@ -78,6 +78,11 @@ class ModelState:
             }
             layers.append(_LAYER_TYPES[entry["type"]](**fields))
         return cls(layers, int(data["pos"]), int(data["window_index"]))
+
+
+def _holds_kv(layer_state: Any) -> bool:
+    """Attention states (:class:`KVCache`, a wrapped model's KV) have a length: the tokens they hold."""
+    return layer_state is not None and hasattr(layer_state, "__len__")
 
 
 def _cpu(value: Any) -> Any:
