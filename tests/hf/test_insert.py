@@ -1,0 +1,69 @@
+"""The Ouro recipe: fast-weight blocks inserted into a pretrained model, identity at insertion."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
+
+import torch  # noqa: E402
+
+from lmsleep.layers.fast_weight_mixer import FastWeightMixer  # noqa: E402
+from lmsleep.models import SleepConfig  # noqa: E402
+
+from .tiny import VOCAB, hf_logits, tiny  # noqa: E402
+
+L = 8
+
+
+def tokens(length: int = 24) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_5"])
+def test_inserted_blocks_leave_the_logits_unchanged(family):
+    model, x = tiny(family, insert=[0, 1]), tokens()
+    assert model.kinds.count("inserted") == 2
+    assert model.kinds[1] == "inserted" and model.kinds[3] == "inserted"
+    inserted = sum(p.numel() for p in model.inserted.parameters())
+    assert inserted > 0
+    with torch.no_grad():
+        expected = hf_logits(model, x)
+        plain, _ = model(x)
+        slept, _ = model(x, SleepConfig(window=L, eviction="hard", passes=2))
+        reference, _ = tiny(family)(x, SleepConfig(window=L, eviction="hard", passes=2))
+    assert torch.equal(plain, expected)  # x + 0 is x: exactly the host's function
+    assert torch.equal(slept, reference)
+
+
+def test_gradients_reach_the_inserted_layers_and_through_their_fast_weights():
+    """At insertion only the zero output projection gets a gradient (nothing flows through it yet); after
+    one step every inserted parameter does, and an attention-only host then passes gradient from the last
+    window to the first one through the inserted fast weights."""
+    model, x = tiny("qwen3", insert="every:1"), tokens()
+    cfg = SleepConfig(window=L, eviction="hard", passes=2)
+    block = model.inserted["0"]
+    assert isinstance(block.mixer, FastWeightMixer) and block.mixer.rule == "gated_delta"
+    logits, _ = model(x, cfg)
+    logits[:, -L:].logsumexp(-1).sum().backward()
+    assert block.mixer.out.weight.grad.abs().max() > 0
+    assert block.mixer.qkv.weight.grad is None or block.mixer.qkv.weight.grad.abs().max() == 0
+    with torch.no_grad():
+        for b in model.inserted.values():
+            b.mixer.out.weight.add_(b.mixer.out.weight.grad, alpha=-1.0)
+    model.zero_grad()
+    captured, embed = [], model.embed
+
+    def capturing(ids):
+        e = embed(ids)
+        e.retain_grad()
+        captured.append(e)
+        return e
+
+    model.embed = capturing
+    logits, _ = model(x, cfg)
+    logits[:, -L:].logsumexp(-1).sum().backward()
+    for b in model.inserted.values():
+        for name, p in b.named_parameters():
+            assert p.grad is not None and p.grad.abs().max() > 0, name
+    assert captured[0].grad[:, :L].abs().max() > 0
