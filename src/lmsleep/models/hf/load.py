@@ -100,7 +100,20 @@ def from_hf(
     trust_remote_code: bool = False,
     dtype: str | torch.dtype | None = None,
     attn_implementation: str = "sdpa",
+    vocab_size: int | None = None,
 ) -> HFSleepLM:
-    """:class:`HFSleepLM` around :func:`load_hf_model` (arguments as there and as :class:`HFSleepLM`)."""
+    """:class:`HFSleepLM` around :func:`load_hf_model` (arguments as there and as :class:`HFSleepLM`).
+
+    ``vocab_size`` is the data's (``model=hf`` fills it in): a ``config`` without one takes it; a loaded
+    model must have at least that many token ids.
+    """
+    if config is not None and vocab_size is not None:
+        config = {"vocab_size": int(vocab_size), **dict(config)}
     hf = load_hf_model(path, config, trust_remote_code, dtype, attn_implementation)
+    model_vocab = hf.get_input_embeddings().num_embeddings
+    if vocab_size is not None and int(vocab_size) > model_vocab:
+        raise ConfigError(
+            f"the data has {vocab_size} token ids but the model only {model_vocab}; "
+            "tokenise the data with the model's own tokenizer"
+        )
     return HFSleepLM(hf, loop=loop, insert=insert, insert_ssm=insert_ssm)

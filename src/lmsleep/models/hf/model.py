@@ -147,6 +147,12 @@ class HFSleepLM(nn.Module):
     def config(self) -> Any:
         return self.hf.config
 
+    def non_hidden_parameters(self) -> list[nn.Parameter]:
+        """The token embedding and the LM head (one tensor when tied): matrices, but not hidden layers, so
+        :func:`lmsleep.lit.optim.split_parameters` gives them to AdamW, not Muon."""
+        weights = [self.hf.get_input_embeddings().weight, self.hf.get_output_embeddings().weight]
+        return list({id(w): w for w in weights}.values())
+
     def init_state(self, batch_size: int) -> ModelState:
         """Empty per-sequence state (no KV, zero fast weights) for a batch."""
         return ModelState([None] * len(self.blocks))
