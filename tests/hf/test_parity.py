@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from lmsleep.models import SleepConfig, Stream  # noqa: E402
+from lmsleep.models.hf import from_hf  # noqa: E402
 from lmsleep.models.hf import model as hf_model  # noqa: E402
 from lmsleep.models.hf.kernels import torch_ops_on_cpu  # noqa: E402
 
@@ -271,3 +272,41 @@ def test_single_token_window_backpropagates_correctly(family, monkeypatch):
         torch_mode = gradients()
     assert (ours - torch_mode).abs().max() <= 1e-5 * torch_mode.abs().max()
     assert ours.abs().max() > 0
+
+
+def test_eager_attention_and_native_sliding_layers():
+    """``attn_implementation="eager"`` (explicit additive masks everywhere) and a model with its own
+    ``sliding_attention`` layers (window 4 < L) give transformers' logits too."""
+    x = tokens()
+    model = tiny("qwen3_5", attn_implementation="eager")
+    with torch.no_grad():
+        expected = hf_logits(model, x)
+        one_span, _ = model(x)
+        stream = Stream(model, SleepConfig(eviction="none"), batch_size=B)
+        streamed = torch.cat([stream.feed(x[:, i : i + L]) for i in range(0, T, L)], dim=1)
+        hard, _ = model(x, SleepConfig(window=L, eviction="hard", tbptt_windows=1))
+        hard_expected = _hf_hard_reference(model, x)
+    assert (one_span - expected).abs().max() < 1e-5
+    assert (streamed - expected).abs().max() < 1e-5
+    assert (hard - hard_expected).abs().max() < 1e-5
+    config = dict(CONFIGS["qwen3"], initializer_range=0.1)
+    torch.manual_seed(0)
+    plain = from_hf(config=config).eval()
+    torch.manual_seed(0)  # the same weights, the first layer's attention limited to 4 keys
+    windowed = from_hf(
+        config=dict(
+            config,
+            layer_types=["sliding_attention", "full_attention"],
+            sliding_window=4,
+            use_sliding_window=True,
+        )
+    ).eval()
+    assert windowed._native_sliding == {0: 4, 1: None}
+    with torch.no_grad():
+        expected = hf_logits(windowed, x)
+        stream = Stream(windowed, SleepConfig(eviction="none"), batch_size=B)
+        streamed = torch.cat([stream.feed(x[:, i : i + L]) for i in range(0, T, L)], dim=1)
+        unwindowed = hf_logits(plain, x)
+    assert (windowed(x)[0] - expected).abs().max() < 1e-5
+    assert (streamed - expected).abs().max() < 1e-5
+    assert (unwindowed - expected).abs().max() > 1e-3  # the model's own window does narrow attention
