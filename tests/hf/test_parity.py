@@ -44,12 +44,13 @@ def test_no_eviction_window_by_window_equals_hf_forward(family):
         stream = Stream(model, SleepConfig(eviction="none"), batch_size=B)
         windows = torch.cat([stream.feed(x[:, i : i + L]) for i in range(0, 24, L)], dim=1)
         single = torch.cat([stream.feed(x[:, i : i + 1]) for i in range(24, T)], dim=1)
-        cache = DynamicCache(config=model.hf.config)
+        # explicit positions: Bamba's forward restarts them at 0 on every call without them, cache or not
+        cache, spans = DynamicCache(config=model.hf.config), [(0, 8), (8, 16), (16, 24)]
         decoded = [
-            hf_logits(model, x[:, i : i + L], past_key_values=cache, use_cache=True) for i in (0, 8, 16)
-        ]
-        decoded += [
-            hf_logits(model, x[:, i : i + 1], past_key_values=cache, use_cache=True) for i in range(24, T)
+            hf_logits(
+                model, x[:, i:j], past_key_values=cache, use_cache=True, position_ids=torch.arange(i, j)[None]
+            )
+            for i, j in spans + [(t, t + 1) for t in range(24, T)]
         ]
     assert (one_span - expected).abs().max() < 1e-5
     assert (windows - expected[:, :24]).abs().max() < 1e-5
