@@ -67,3 +67,20 @@ def test_gradients_reach_the_inserted_layers_and_through_their_fast_weights():
         for name, p in b.named_parameters():
             assert p.grad is not None and p.grad.abs().max() > 0, name
     assert captured[0].grad[:, :L].abs().max() > 0
+
+
+def test_staged_warm_up_of_the_inserted_layers_only():
+    """The paper's first stage for Ouro trains only the inserted layers: SleepSchedule's stages take
+    fnmatch patterns on parameter names, and the inserted blocks' are ``inserted.*``."""
+    from types import SimpleNamespace
+
+    from lmsleep.callbacks.sleep_schedule import SleepSchedule
+
+    model, x = tiny("qwen3", insert=[0, 1]), tokens()
+    SleepSchedule._set_trainable(SimpleNamespace(net=model), {"train": ["inserted.*"]})
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, _ in model.named_parameters() if name.startswith("inserted.")}
+    logits, _ = model(x, SleepConfig(window=L, eviction="hard", passes=2))
+    logits.logsumexp(-1).sum().backward()
+    assert all(p.grad is None for name, p in model.named_parameters() if name not in trainable)
+    assert model.inserted["1"].mixer.out.weight.grad.abs().max() > 0
