@@ -44,7 +44,7 @@ def test_loop_counts_inserted_blocks():
 def test_bad_insert_positions(insert):
     with pytest.raises(ConfigError) as exc:
         tiny("qwen3", insert=insert)
-    assert "model.hf.insert" in _one_line(exc)
+    assert "model.net.insert" in _one_line(exc)
 
 
 def test_path_must_be_a_local_model_folder(tmp_path):

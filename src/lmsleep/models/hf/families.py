@@ -64,7 +64,7 @@ def family_of(config: Any) -> Family:
         if model_type in family.model_types:
             return family
     raise ConfigError(
-        f"model.hf: transformers family {model_type!r} is not supported; supported families: {SUPPORTED} "
+        f"model=hf: transformers family {model_type!r} is not supported; supported families: {SUPPORTED} "
         "(docs/pretrained.md says how to add one)"
     )
 
@@ -78,7 +78,7 @@ def layer_kinds(config: Any) -> list[str]:
     unknown = sorted({t for t in types if t not in LAYER_KINDS})
     if unknown:
         raise ConfigError(
-            f"model.hf: layer types {unknown} of {config.model_type!r} are not supported; "
+            f"model=hf: layer types {unknown} of {config.model_type!r} are not supported; "
             f"known types: {sorted(LAYER_KINDS)}"
         )
     return [LAYER_KINDS[t] for t in types]

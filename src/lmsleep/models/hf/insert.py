@@ -64,7 +64,7 @@ def parse_insert(insert: Sequence[int] | str | None, n_layers: int) -> list[int]
     if insert is None or insert == "" or insert == []:
         return []
     usage = (
-        f"model.hf.insert={insert!r}: use a list of decoder-layer indices in [0, {n_layers - 1}] "
+        f"model.net.insert={insert!r}: use a list of decoder-layer indices in [0, {n_layers - 1}] "
         "(a block goes after each), or 'every:k'"
     )
     try:

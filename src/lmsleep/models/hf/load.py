@@ -24,7 +24,7 @@ def _dtype(dtype: str | torch.dtype | None) -> Any:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ConfigError(f"model.hf.dtype={dtype!r} is not one of {sorted(_DTYPES)}")
+        raise ConfigError(f"model.net.dtype={dtype!r} is not one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
 
 
@@ -45,13 +45,13 @@ def load_hf_model(
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     if (path is None) == (config is None):
         raise ConfigError(
-            "model.hf: set exactly one of model.hf.path (a local model folder) or model.hf.config"
+            "model=hf: set exactly one of model.net.path (a local model folder) or model.net.config"
         )
     if path is not None:
         folder = Path(path).expanduser()
         if not (folder / "config.json").is_file():
             raise ConfigError(
-                f"model.hf.path={str(path)!r} is not a model folder (no config.json); lmsleep downloads nothing: "
+                f"model.net.path={str(path)!r} is not a model folder (no config.json); lmsleep downloads nothing: "
                 "pass a folder written by save_pretrained or a hub download you made"
             )
         cfg = AutoConfig.from_pretrained(folder, local_files_only=True, **remote)
@@ -67,11 +67,11 @@ def load_hf_model(
     config = dict(config)
     model_type = config.pop("model_type", None)
     if model_type is None:
-        raise ConfigError("model.hf.config needs a model_type (e.g. qwen3_5_text, nemotron_h, qwen3)")
+        raise ConfigError("model.net.config needs a model_type (e.g. qwen3_5_text, nemotron_h, qwen3)")
     try:
         cfg = AutoConfig.for_model(model_type, **config)
     except ValueError as exc:  # an unknown model_type
-        raise ConfigError(f"model.hf.config: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"model.net.config: {str(exc).splitlines()[0]}") from None
     family_of(cfg)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation, **remote)
     torch_dtype = _dtype(dtype)

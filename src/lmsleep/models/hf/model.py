@@ -96,7 +96,7 @@ class HFSleepLM(nn.Module):
         attn_impl = getattr(config, "_attn_implementation", None) or "eager"
         if attn_impl not in ATTN_IMPLEMENTATIONS:
             raise ConfigError(
-                f"model.hf: attn_implementation={attn_impl!r} is not supported (lmsleep passes explicit "
+                f"model=hf: attn_implementation={attn_impl!r} is not supported (lmsleep passes explicit "
                 f"causal/sliding masks); load the model with attn_implementation one of {ATTN_IMPLEMENTATIONS}"
             )
         self.attn_implementation = attn_impl
@@ -108,7 +108,7 @@ class HFSleepLM(nn.Module):
         kinds = layer_kinds(config)
         if len(kinds) != len(inner.layers):
             raise ConfigError(
-                f"model.hf: the config lists {len(kinds)} layer types but the model has {len(inner.layers)} layers"
+                f"model=hf: the config lists {len(kinds)} layer types but the model has {len(inner.layers)} layers"
             )
         dim = int(config.hidden_size)
         eps = float(getattr(config, "rms_norm_eps", None) or getattr(config, "layer_norm_epsilon", 1e-6))
