@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from lmsleep.models import SleepConfig, Stream  # noqa: E402
-from lmsleep.models.hf import from_hf  # noqa: E402
+from lmsleep.models.hf import HFKV, from_hf  # noqa: E402
 from lmsleep.models.hf import model as hf_model  # noqa: E402
 from lmsleep.models.hf.kernels import torch_ops_on_cpu  # noqa: E402
 
@@ -311,3 +311,22 @@ def test_eager_attention_and_native_sliding_layers():
     assert (windowed(x)[0] - expected).abs().max() < 1e-5
     assert (streamed - expected).abs().max() < 1e-5
     assert (unwindowed - expected).abs().max() > 1e-3  # the model's own window does narrow attention
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "bamba"])
+def test_saved_stream_continues_exactly(family, tmp_path):
+    """A stream saved mid-window (sliding eviction, N = 2) and loaded into a fresh Stream continues with the
+    same logits as the uninterrupted one (the KV's key rotation is re-attached on load)."""
+    model, x = tiny(family), tokens()
+    cfg = SleepConfig(window=L, eviction="sliding", passes=2)
+    with torch.no_grad():
+        whole = Stream(model, cfg, batch_size=B)
+        expected = torch.cat([whole.feed(x[:, :19]), whole.feed(x[:, 19:])], dim=1)
+        first = Stream(model, cfg, batch_size=B)
+        first.feed(x[:, :19])
+        first.save(tmp_path / "stream.pt")
+        resumed = Stream.load(tmp_path / "stream.pt", model)
+        rest = resumed.feed(x[:, 19:])
+    assert torch.equal(rest, expected[:, 19:])
+    kv = resumed.state.layers[1]  # an attention layer in both
+    assert isinstance(kv, HFKV) and len(kv) and kv.rotation is not None

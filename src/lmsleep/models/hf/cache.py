@@ -30,6 +30,7 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from lmsleep.layers.fast_weight_mixer import FastWeights
+from lmsleep.models.state import register_layer_state
 
 
 class KeyRotation:
@@ -71,6 +72,11 @@ class HFKV:
 
     def __len__(self) -> int:
         return self.k.shape[2]
+
+    def saved_fields(self) -> dict[str, torch.Tensor]:
+        """What :meth:`ModelState.to_dict` saves: the tensors (the model re-attaches ``rotation`` on load,
+        :meth:`lmsleep.models.hf.HFSleepLM.adopt_state`)."""
+        return {"k": self.k, "v": self.v}
 
     def detach(self) -> HFKV:
         return HFKV(self.k.detach(), self.v.detach(), self.rotation)
@@ -191,3 +197,6 @@ class WindowCache(Cache):
     ) -> torch.Tensor:
         self._S[layer_idx] = recurrent_states
         return recurrent_states
+
+
+register_layer_state("hf_kv", HFKV)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from lmsleep.layers.attention import Attention
-from lmsleep.models.hf.cache import KeyRotation, WindowCache
+from lmsleep.models.hf.cache import HFKV, KeyRotation, WindowCache
 from lmsleep.models.hf.families import ATTN, LINEAR, STATELESS, family_of, layer_kinds, native_sliding_window
 from lmsleep.models.hf.insert import FastWeightBlock, parse_insert
 from lmsleep.models.hf.kernels import _fallback_ops, modeling_modules, torch_ops_on_cpu
@@ -146,6 +146,19 @@ class HFSleepLM(nn.Module):
     @property
     def config(self) -> Any:
         return self.hf.config
+
+    @property
+    def dim(self) -> int:
+        """The model width D (part of a saved stream's model signature)."""
+        return int(self.hf.config.hidden_size)
+
+    def adopt_state(self, state: ModelState) -> ModelState:
+        """A loaded state with this model's key rotations re-attached to its attention KV."""
+        layers = [
+            HFKV(s.k, s.v, self._rotations.get(b.index)) if isinstance(s, HFKV) else s
+            for b, s in zip(self.blocks, state.layers, strict=True)
+        ]
+        return ModelState(layers, state.pos, state.window_index)
 
     def non_hidden_parameters(self) -> list[nn.Parameter]:
         """The token embedding and the LM head (one tensor when tied): matrices, but not hidden layers, so
