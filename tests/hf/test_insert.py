@@ -84,3 +84,21 @@ def test_staged_warm_up_of_the_inserted_layers_only():
     logits.logsumexp(-1).sum().backward()
     assert all(p.grad is None for name, p in model.named_parameters() if name not in trainable)
     assert model.inserted["1"].mixer.out.weight.grad.abs().max() > 0
+
+
+def test_hard_windows_in_one_batch_equal_the_window_loop():
+    """Without linear layers, hard-evicted windows run as one batch (inserted blocks over the sequence with
+    their context restarted per window): logits and the last window's state equal the window loop's."""
+    model, x = tiny("qwen3", insert=[0]), tokens(length=21)  # windows of 8, 8 and 5 tokens
+    with torch.no_grad():
+        for b in model.inserted.values():
+            b.mixer.out.weight.normal_(0, 0.1)  # let the inserted block act
+        batched, s1 = model(x, SleepConfig(window=L, eviction="hard"))
+        looped, s2 = model(x, SleepConfig(window=L, eviction="hard", tbptt_windows=1))
+    assert (batched - looped).abs().max() < 1e-5
+    assert (s1.pos, s1.window_index) == (s2.pos, s2.window_index) == (5, 2)
+    assert (
+        len(s1.tensors()) == len(s2.tensors()) == 6
+    )  # k, v of both attention layers; S, conv of the inserted
+    for t1, t2 in zip(s1.tensors(), s2.tensors(), strict=True):
+        assert t1.shape == t2.shape and (t1 - t2).abs().max() < 1e-5

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmsleep.layers.attention import Attention
@@ -227,6 +228,8 @@ class HFSleepLM(nn.Module):
     def _hard_windows(
         self, h: torch.Tensor, state: ModelState, indices: range, L: int, sliding: int | None
     ) -> tuple[torch.Tensor, torch.Tensor, ModelState]:
+        if not any(self.blocks[j].kind == LINEAR for j in indices):
+            return self._folded_windows(h, state, indices, L, sliding)
         outs, loop_outs = [], []
         for w, start in enumerate(range(0, h.shape[1], L)):
             if w:  # a hard boundary: only the fast weights cross
@@ -239,6 +242,49 @@ class HFSleepLM(nn.Module):
             outs.append(y)
             loop_outs.append(loop_out)
         return torch.cat(outs, dim=1), torch.cat(loop_outs, dim=1), state
+
+    def _folded_windows(
+        self, h: torch.Tensor, state: ModelState, indices: range, L: int, sliding: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, ModelState]:
+        """Hard-evicted windows of ``h [B, T, D]`` as one batch ``[B * n, L, D]`` through attention and
+        stateless layers (as :class:`lmsleep.layers.attention.Attention` does for HybridLM); inserted
+        fast-weight blocks run over the sequence with ``evict_every = L``. The padding after the last real
+        token is hidden by causality. Returns the state the last window leaves, as the window loop would."""
+        B, T, D = h.shape
+        n = -(-T // L)
+        last = T - (n - 1) * L
+
+        def fold(x: torch.Tensor) -> torch.Tensor:
+            return F.pad(x, (0, 0, 0, n * L - T)).reshape(B * n, L, D)
+
+        def unfold(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(B, n * L, D)[:, :T]
+
+        layers = list(state.layers)
+        cache = WindowCache({}, {}, self._rotations)  # every window starts with an empty KV
+        position_ids = torch.arange(L, device=h.device)[None]
+        position_embeddings = None if self._rotary is None else self._rotary(h, position_ids)
+        x, loop_out = fold(h), h
+        for j in indices:
+            block = self.blocks[j]
+            if block.kind == INSERTED:
+                y, layers[j] = block.module(unfold(x), layers[j], evict_every=L)
+                x = fold(y)
+            else:
+                mask = self._mask(block.index, L, 0, sliding, x) if block.kind == ATTN else None
+                kwargs = {"attention_mask": mask, "position_ids": position_ids, "past_key_values": cache}
+                if self._rotary is not None:
+                    kwargs["position_embeddings"] = position_embeddings
+                with torch_ops_on_cpu(self._op_modules, h.device.type == "cpu"):
+                    out = block.module(x, use_cache=True, **kwargs)
+                x = out[0] if isinstance(out, tuple) else out
+                if block.kind == ATTN:  # the last window's KV, as the window loop leaves it
+                    kv = cache.state(block.index)
+                    k, v = (t.unflatten(0, (B, n))[:, -1, :, :last] for t in (kv.k, kv.v))
+                    layers[j] = HFKV(k, v, kv.rotation)
+            if j == self.loop_range[-1]:
+                loop_out = unfold(x)
+        return unfold(x), loop_out, ModelState(layers, state.pos, state.window_index)
 
     def _mask(self, index: int, T: int, kv: int, sliding: int | None, h: torch.Tensor) -> torch.Tensor | None:
         """``[1, 1, T, kv + T]`` mask of attention layer ``index`` (None: plain causal, which sdpa runs as
