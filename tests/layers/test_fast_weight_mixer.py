@@ -25,8 +25,9 @@ def by_hand(m: FastWeightMixer, x: torch.Tensor, S0: torch.Tensor, tail: torch.T
     q, k, v = F.silu(conv).split((H * K, H * K, H * V), dim=-1)
     q = q.view(B, T, H, K)
     k = k.view(B, T, H, K)
-    q = q / q.norm(dim=-1, keepdim=True)
-    k = k / k.norm(dim=-1, keepdim=True)
+    eps_qk = m.qk_norm_eps or 0.0  # None: F.normalize (its 1e-12 clamp never binds here)
+    q = q / torch.sqrt((q**2).sum(-1, keepdim=True) + eps_qk)
+    k = k / torch.sqrt((k**2).sum(-1, keepdim=True) + eps_qk)
     v = v.view(B, T, H, V)
     dt = torch.log1p(torch.exp(x @ m.gate_a.weight.T + m.dt_bias))  # softplus
     a = torch.exp(-torch.exp(m.A_log) * dt)  # decay a_t in (0, 1)

@@ -14,6 +14,12 @@ by token by one of two rules:
 Both read ``o_t = scale * S_t^T q_t``. Around the rule: q/k/v projections, a short causal depthwise
 convolution and SiLU on q, k, v, L2-normalised q and k, a per-head gated RMSNorm on the output and an output
 projection.
+
+With ``rule="gated_delta"`` and ``key_heads`` (fewer q/k heads than value heads, each q/k head serving
+``heads / key_heads`` consecutive value heads), the layer is Gated DeltaNet as flash-linear-attention and
+transformers' Qwen3.5 ``GatedDeltaNet`` compute it, epsilons included: q and k normalised as
+``x / sqrt(|x|^2 + 1e-6)`` and the gated RMSNorm at eps 1e-6 (:func:`lmsleep.models.hf.gdn.from_qwen3_5`
+copies such a layer's weights; tests/hf/test_gdn.py holds it to transformers' outputs and states).
 """
 
 from __future__ import annotations
@@ -95,6 +101,14 @@ class FastWeightMixer(nn.Module):
         backend: op backend (``auto``: GPU kernel on CUDA when installed, else chunked torch).
         chunk_size: chunk length of the chunked backend.
         recurrent_below: sequences shorter than this use the token-loop backend (cheaper for streaming).
+        key_heads: q/k heads (default ``heads``); ``heads`` must be a multiple. transformers' Qwen3.5 layers
+            have fewer key than value heads.
+        qk_norm_eps: q/k L2 normalisation ``x / sqrt(|x|^2 + eps)``, or None for ``F.normalize``
+            (``x / max(|x|, 1e-12)``). ``"auto"``: 1e-6 for ``gated_delta`` (flash-linear-attention's and
+            transformers' value), None for ``mamba2``.
+        norm_eps: eps of the gated output RMSNorm (None: the dtype's machine epsilon). ``"auto"``: 1e-6 for
+            ``gated_delta`` (the standard Gated DeltaNet value), None for ``mamba2``. On heads whose output is
+            small the choice is visible: machine epsilon against 1e-6 moved fp32 outputs by up to 29 %.
     """
 
     def __init__(
@@ -108,6 +122,9 @@ class FastWeightMixer(nn.Module):
         backend: str = "auto",
         chunk_size: int = 64,
         recurrent_below: int = 8,
+        key_heads: int | None = None,
+        qk_norm_eps: float | str | None = "auto",
+        norm_eps: float | str | None = "auto",
     ):
         super().__init__()
         if rule not in RULES:
@@ -117,9 +134,16 @@ class FastWeightMixer(nn.Module):
             raise ValueError(
                 f"ssm head_dim={head_dim}, expand={expand} and conv_size={conv_size} must be >= 1"
             )
+        key_heads = key_heads or heads
+        if key_heads < 1 or heads % key_heads:
+            raise ValueError(f"ssm heads={heads} must be a multiple of key_heads={key_heads}")
+        standard = 1e-6 if rule == "gated_delta" else None
+        self.qk_norm_eps = standard if qk_norm_eps == "auto" else qk_norm_eps
+        norm_eps = standard if norm_eps == "auto" else norm_eps
         self.rule, self.heads, self.key_dim, self.value_dim = rule, heads, head_dim, expand * head_dim
+        self.key_heads = key_heads
         self.backend, self.chunk_size, self.recurrent_below = backend, chunk_size, recurrent_below
-        qk, v = heads * head_dim, heads * self.value_dim
+        qk, v = key_heads * head_dim, heads * self.value_dim
         self.qkv = nn.Linear(dim, 2 * qk + v, bias=False)
         self.conv_size = conv_size
         self.conv = (
@@ -135,7 +159,7 @@ class FastWeightMixer(nn.Module):
         dt = torch.exp(torch.empty(heads).uniform_(math.log(1e-3), math.log(1e-1)))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.out_gate = nn.Linear(dim, v, bias=False)
-        self.out_norm = nn.RMSNorm(self.value_dim)
+        self.out_norm = nn.RMSNorm(self.value_dim, eps=norm_eps)
         self.out = nn.Linear(v, dim, bias=False)
         self.gate_tap = GateTap()
 
@@ -190,6 +214,12 @@ class FastWeightMixer(nn.Module):
         new_tail = torch.cat((u.new_zeros(B, width, C), u[:, T - last :]), dim=1)[:, -width:]
         return y.view(B, n * L, C)[:, :T], new_tail.transpose(1, 2)
 
+    def _l2norm(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., K]`` over its last axis: ``x / sqrt(|x|^2 + eps)``, or ``F.normalize`` without eps."""
+        if self.qk_norm_eps is None:
+            return F.normalize(x, dim=-1)
+        return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + self.qk_norm_eps)
+
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> FastWeights:
         shape = (
             (self.key_dim, self.value_dim) if self.rule == "gated_delta" else (self.value_dim, self.key_dim)
@@ -213,8 +243,11 @@ class FastWeightMixer(nn.Module):
         H, K, V = self.heads, self.key_dim, self.value_dim
         qkv, a_proj, b_proj, out_gate = self._project(x)
         u, conv_tail = self._conv(qkv, None if state is None else state.conv, evict_every)
-        qk, v = F.silu(u).split((2 * H * K, H * V), dim=-1)
-        q, k = F.normalize(qk.view(B, T, 2 * H, K), dim=-1).split(H, dim=2)  # both in one call
+        Hk = self.key_heads
+        qk, v = F.silu(u).split((2 * Hk * K, H * V), dim=-1)
+        q, k = self._l2norm(qk.view(B, T, 2 * Hk, K)).split(Hk, dim=2)  # both in one call
+        if Hk != H:  # each q/k head serves H / Hk consecutive value heads
+            q, k = q.repeat_interleave(H // Hk, dim=2), k.repeat_interleave(H // Hk, dim=2)
         v = v.view(B, T, H, V)
         log_a, b = self.gates_from_projections(a_proj, b_proj)
         self.gate_tap((log_a, b))  # identity; forward hooks on it observe the gates

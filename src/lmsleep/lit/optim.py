@@ -105,8 +105,11 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     output head are matrices too but are not hidden layers (Muon's authors keep them on AdamW). Frozen
     parameters are included, so a training stage may unfreeze them later."""
     muon, adamw = [], []
+    # A wrapped model names its embedding and head itself (lmsleep.models.hf.HFSleepLM)
+    named = getattr(model, "non_hidden_parameters", None)
+    not_hidden = {id(p) for p in named()} if named is not None else set()
     for name, p in model.named_parameters():
-        hidden_matrix = p.dim() == 2 and not name.startswith(("embed.", "head."))
+        hidden_matrix = p.dim() == 2 and not name.startswith(("embed.", "head.")) and id(p) not in not_hidden
         (muon if hidden_matrix else adamw).append(p)
     return muon, adamw
 

@@ -155,7 +155,8 @@ def _sleep_pass_start(pre: ModelState, prev: ModelState, cfg: SleepConfig, loope
     pre-window state (window-local parts as before the window, fast weights per ``state_mode``)."""
     layers = list(prev.layers)
     for i in looped:
-        layers[i] = prev.layers[i].start_sleep_pass(pre.layers[i], cfg.state_mode)
+        if prev.layers[i] is not None:  # None: a block without per-sequence state (a wrapped model's MLP)
+            layers[i] = prev.layers[i].start_sleep_pass(pre.layers[i], cfg.state_mode)
     return ModelState(layers, 0, prev.window_index)
 
 

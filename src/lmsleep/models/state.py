@@ -13,6 +13,12 @@ from lmsleep.layers.fast_weight_mixer import FastWeights
 _LAYER_TYPES = {"kv": KVCache, "fast_weights": FastWeights}
 
 
+def register_layer_state(name: str, cls: type) -> None:
+    """Make another per-layer state type savable by :meth:`ModelState.to_dict` (a wrapped model's KV).
+    Its ``saved_fields()``, if it defines one, says what to save (default: all its attributes)."""
+    _LAYER_TYPES[name] = cls
+
+
 @dataclass
 class ModelState:
     """Per-block state: a :class:`KVCache` for attention, fast weights for fast-weight mixers, or None (empty).
@@ -36,12 +42,12 @@ class ModelState:
 
     def clear_kv(self) -> ModelState:
         """Evict every attention layer's KV cache (hard eviction)."""
-        layers = [None if isinstance(s, KVCache) else s for s in self.layers]
+        layers = [None if _holds_kv(s) else s for s in self.layers]
         return ModelState(layers, self.pos, self.window_index)
 
     def kv_length(self) -> int:
         """Longest KV cache over the attention layers (tokens held in memory)."""
-        return max((len(s) for s in self.layers if isinstance(s, KVCache)), default=0)
+        return max((len(s) for s in self.layers if _holds_kv(s)), default=0)
 
     def replace(self, index: int, layer_state: Any) -> ModelState:
         layers = list(self.layers)
@@ -59,7 +65,7 @@ class ModelState:
         """A plain, ``torch.save``-able form (tensors moved to CPU)."""
         names = {cls: name for name, cls in _LAYER_TYPES.items()}
         layers = [
-            None if s is None else {"type": names[type(s)], **{k: _cpu(v) for k, v in vars(s).items()}}
+            None if s is None else {"type": names[type(s)], **{k: _cpu(v) for k, v in _fields(s).items()}}
             for s in self.layers
         ]
         return {"layers": layers, "pos": self.pos, "window_index": self.window_index}
@@ -78,6 +84,16 @@ class ModelState:
             }
             layers.append(_LAYER_TYPES[entry["type"]](**fields))
         return cls(layers, int(data["pos"]), int(data["window_index"]))
+
+
+def _fields(layer_state: Any) -> dict[str, Any]:
+    saved = getattr(layer_state, "saved_fields", None)
+    return saved() if saved is not None else vars(layer_state)
+
+
+def _holds_kv(layer_state: Any) -> bool:
+    """Attention states (:class:`KVCache`, a wrapped model's KV) have a length: the tokens they hold."""
+    return layer_state is not None and hasattr(layer_state, "__len__")
 
 
 def _cpu(value: Any) -> Any:

@@ -176,8 +176,10 @@ class Stream:
                 "resume with the same settings"
             )
         device = next(self.model.parameters()).device
-        self.state = ModelState.from_dict(data["state"], device)
-        self._window_start = ModelState.from_dict(data["window_start"], device)
+        # A wrapped model re-attaches what a saved state cannot hold (its rotary embedding for the KV).
+        adopt = getattr(self.model, "adopt_state", lambda state: state)
+        self.state = adopt(ModelState.from_dict(data["state"], device))
+        self._window_start = adopt(ModelState.from_dict(data["window_start"], device))
         self._loop_features = [f.to(device) for f in data["loop_features"]]
         self.tokens_seen = int(data["tokens_seen"])
 

@@ -1,0 +1,20 @@
+"""Sleep for pretrained transformers models (docs/pretrained.md). Needs the ``hf`` extra (transformers)."""
+
+from lmsleep.models.hf.cache import HFKV, WindowCache
+from lmsleep.models.hf.families import FAMILIES, SUPPORTED, family_of
+from lmsleep.models.hf.insert import FastWeightBlock
+from lmsleep.models.hf.load import from_hf, load_hf_model, load_tokenizer
+from lmsleep.models.hf.model import HFSleepLM
+
+__all__ = [
+    "FAMILIES",
+    "HFKV",
+    "SUPPORTED",
+    "FastWeightBlock",
+    "HFSleepLM",
+    "WindowCache",
+    "family_of",
+    "from_hf",
+    "load_hf_model",
+    "load_tokenizer",
+]

@@ -1,0 +1,119 @@
+"""Build an :class:`HFSleepLM` from a local model folder or a transformers config.
+
+Nothing is downloaded: ``path`` must be a folder on disk (what ``save_pretrained`` writes, or a hub snapshot
+the user fetched), read with ``local_files_only``. ``trust_remote_code`` is False unless the caller sets it,
+and it is passed to transformers only then; remote-code families are outside the supported list anyway, so
+it matters only for a supported family whose folder ships its own code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmsleep.models.hf.families import family_of
+from lmsleep.models.hf.model import HFSleepLM
+from lmsleep.utils.config import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def _dtype(dtype: str | torch.dtype | None) -> Any:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ConfigError(f"model.net.dtype={dtype!r} is not one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_hf_model(
+    path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+) -> torch.nn.Module:
+    """A transformers causal LM from exactly one of ``path`` (a local folder) or ``config`` (a dict with
+    ``model_type``, e.g. ``{"model_type": "qwen3", "hidden_size": 64, ...}``: random weights).
+
+    The family is checked before any weights load; an unsupported one stops with one line.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    if (path is None) == (config is None):
+        raise ConfigError(
+            "model=hf: set exactly one of model.net.path (a local model folder) or model.net.config"
+        )
+    if path is not None:
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ConfigError(
+                f"model.net.path={str(path)!r} is not a model folder (no config.json); lmsleep downloads nothing: "
+                "pass a folder written by save_pretrained or a hub download you made"
+            )
+        cfg = AutoConfig.from_pretrained(folder, local_files_only=True, **remote)
+        family_of(cfg)
+        return AutoModelForCausalLM.from_pretrained(
+            folder,
+            config=cfg,
+            local_files_only=True,
+            dtype=_dtype(dtype),
+            attn_implementation=attn_implementation,
+            **remote,
+        )
+    config = dict(config)
+    model_type = config.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError("model.net.config needs a model_type (e.g. qwen3_5_text, nemotron_h, qwen3)")
+    try:
+        cfg = AutoConfig.for_model(model_type, **config)
+    except ValueError as exc:  # an unknown model_type
+        raise ConfigError(f"model.net.config: {str(exc).splitlines()[0]}") from None
+    family_of(cfg)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation, **remote)
+    torch_dtype = _dtype(dtype)
+    return model if torch_dtype in (None, "auto") else model.to(torch_dtype)
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any | None:
+    """The folder's own tokenizer (``AutoTokenizer``), or None when it ships none."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path).expanduser()
+    if not any(
+        (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        return None
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True, **remote)
+
+
+def from_hf(
+    path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    loop: Any = "all",
+    insert: Any = None,
+    insert_ssm: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    vocab_size: int | None = None,
+) -> HFSleepLM:
+    """:class:`HFSleepLM` around :func:`load_hf_model` (arguments as there and as :class:`HFSleepLM`).
+
+    ``vocab_size`` is the data's (``model=hf`` fills it in): a ``config`` without one takes it; a loaded
+    model must have at least that many token ids.
+    """
+    if config is not None and vocab_size is not None:
+        config = {"vocab_size": int(vocab_size), **dict(config)}
+    hf = load_hf_model(path, config, trust_remote_code, dtype, attn_implementation)
+    model_vocab = hf.get_input_embeddings().num_embeddings
+    if vocab_size is not None and int(vocab_size) > model_vocab:
+        raise ConfigError(
+            f"the data has {vocab_size} token ids but the model only {model_vocab}; "
+            "tokenise the data with the model's own tokenizer"
+        )
+    return HFSleepLM(hf, loop=loop, insert=insert, insert_ssm=insert_ssm)

@@ -1,0 +1,80 @@
+"""``model=hf`` through lmsleep's LightningModule: a transformers model trained and tested with sleep."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
+
+import torch  # noqa: E402
+
+from lmsleep.lit.optim import split_parameters  # noqa: E402
+from lmsleep.models.hf import HFSleepLM  # noqa: E402
+from lmsleep.train import train  # noqa: E402
+from lmsleep.utils.config import ConfigError  # noqa: E402
+
+QWEN3_5 = dict(
+    model_type="qwen3_5_text",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    linear_num_key_heads=1,
+    linear_num_value_heads=2,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    layer_types=["linear_attention", "full_attention"],
+)
+TINY = [
+    "data=rule110",
+    "data.task.width=4",
+    "data.task.num_states=2",
+    "data.batch_size=4",
+    "data.train_size=16",
+    "data.val_size=4",
+    "data.test_size=4",
+    "data.num_workers=0",
+    "model=hf",
+    "callbacks=none",
+    "model.sleep.passes=2",
+    "model.optim.warmup_steps=0",
+    "trainer.max_steps=2",
+    "trainer.num_sanity_val_steps=0",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+]
+
+
+def config_override(config: dict) -> str:
+    """``model.net.config={k:v,...}`` in Hydra's override syntax."""
+    items = [f"{k}:[{','.join(v)}]" if isinstance(v, list) else f"{k}:{v}" for k, v in config.items()]
+    return "model.net.config={" + ",".join(items) + "}"
+
+
+def test_fit_and_test_a_transformers_model_with_sleep(compose_fit, one_thread):
+    metrics, objects = train(compose_fit(*TINY, config_override(QWEN3_5)))
+    net = objects["model"].net
+    assert isinstance(net, HFSleepLM) and net.hf.config.vocab_size == objects["datamodule"].vocab_size
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+    muon, adamw = split_parameters(net)
+    embedding = net.hf.get_input_embeddings().weight
+    assert any(p is embedding for p in adamw) and not any(p is embedding for p in muon)
+    assert any(p is net.hf.model.layers[0].linear_attn.in_proj_qkv.weight for p in muon)
+
+
+def test_fit_from_a_model_folder_and_a_too_small_vocabulary(compose_fit, one_thread, tmp_path):
+    """``model.net.path``: a save_pretrained folder trains through ``lmsleep fit``; a model with fewer token
+    ids than the data stops with one line before training."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(QWEN3_5)
+    model_type = fields.pop("model_type")
+    for name, vocab in (("model", 64), ("small", 3)):
+        config = AutoConfig.for_model(model_type, **fields, vocab_size=vocab)
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / name)
+    metrics, objects = train(compose_fit(*TINY, f"model.net.path={tmp_path / 'model'}"))
+    assert objects["model"].net.hf.config.vocab_size == 64 and "test/loss" in metrics
+    with pytest.raises(ConfigError, match="token ids but the model only 3"):
+        train(compose_fit(*TINY, f"model.net.path={tmp_path / 'small'}"))

@@ -1,0 +1,109 @@
+"""Tiny random configs of each supported transformers family, and transformers' own forward as the oracle."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lmsleep.models.hf import from_hf
+from lmsleep.models.hf.kernels import torch_ops_on_cpu
+
+VOCAB = 97
+
+CONFIGS = {
+    # Gated DeltaNet / gated attention, 3:1 as the released models (here 1:1), fewer key than value heads
+    "qwen3_5": dict(
+        model_type="qwen3_5_text",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+    ),
+    # Mamba-2 / attention (no positions) / MLP blocks
+    "nemotron_h": dict(
+        model_type="nemotron_h",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        ssm_state_size=16,
+        mamba_num_heads=4,
+        mamba_head_dim=16,
+        n_groups=2,
+        chunk_size=8,
+    ),
+    # Mamba-2 / attention with partial rotary, MLP in every layer
+    "bamba": dict(
+        model_type="bamba",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_layer_indices=[1, 3],
+        mamba_n_heads=4,
+        mamba_d_head=32,
+        mamba_n_groups=1,
+        mamba_d_state=16,
+        mamba_chunk_size=8,
+    ),
+    # attention only
+    "qwen3": dict(
+        model_type="qwen3",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    ),
+    "llama": dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
+HYBRIDS = ("qwen3_5", "nemotron_h", "bamba")
+
+
+def tiny(family: str, seed: int = 0, **kwargs):
+    """An :class:`HFSleepLM` around a random fp32 model of ``family``, in eval mode.
+
+    transformers' default init (std 0.02, decays up to exp(-16) per token) lets almost nothing of a linear
+    layer's state outlive a window of 8 tokens, so a sleep pass would move later logits by ~1e-6 and a test
+    could not tell it from round-off. Weights of std 0.1 and slow decays (``A = 0.1``) make what crosses a
+    boundary visible (N = 2 moves later logits by 1e-2 to 1).
+    """
+    torch.manual_seed(seed)
+    model = from_hf(config={"initializer_range": 0.1, **CONFIGS[family]}, **kwargs).eval()
+    with torch.no_grad():
+        for module in model.hf.modules():
+            if isinstance(getattr(module, "A_log", None), torch.nn.Parameter):
+                module.A_log.fill_(math.log(0.1))
+    return model
+
+
+def hf_logits(model, input_ids: torch.Tensor | None, **kwargs) -> torch.Tensor:
+    """transformers' own forward (torch ops on CPU); ``input_ids=None`` with ``inputs_embeds`` in kwargs."""
+    if input_ids is not None:
+        kwargs["input_ids"] = input_ids
+    with torch_ops_on_cpu(model._op_modules, True):
+        return model.hf(**kwargs).logits
