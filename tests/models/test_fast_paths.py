@@ -9,9 +9,10 @@ import torch.nn.functional as F
 import lmsleep.models.sleep as sleep_module
 from lmsleep.layers.fast_weight_mixer import FastWeightMixer
 from lmsleep.models import SleepConfig, run_windows
+from lmsleep.ops.update_rule import UPDATE_RULES
 from tests.support.models import make_model, random_ids, state_tensors_close
 
-RULES = ("mamba2", "gated_delta")
+RULES = tuple(UPDATE_RULES)  # every rule of the one table
 CLOSE = dict(atol=1e-10, rtol=1e-10)
 
 

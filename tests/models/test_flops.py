@@ -9,9 +9,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lmsleep.models import SleepConfig, run_windows
 from lmsleep.models.flops import forward_flops
+from lmsleep.ops.update_rule import UPDATE_RULES
 from tests.support.models import make_model, random_ids
 
-RULES = ("mamba2", "gated_delta")
+RULES = tuple(UPDATE_RULES)  # every rule of the one table
 
 
 def counted(fn) -> int:

@@ -17,6 +17,7 @@ from lmsleep.layers.attention import KVCache
 from lmsleep.layers.fast_weight_mixer import FastWeights
 from lmsleep.models import ModelState, SleepConfig, Stream, run_windows
 from lmsleep.models.sleep import wake, window_step
+from lmsleep.ops.update_rule import UPDATE_RULES
 from tests.support.models import (
     Recorder,
     assert_grads_close,
@@ -31,7 +32,7 @@ from tests.support.models import (
     weighted_sum,
 )
 
-RULES = ("mamba2", "gated_delta")
+RULES = tuple(UPDATE_RULES)  # every rule of the one table
 L = 6
 T = 4 * L  # four windows
 EXACT = dict(atol=1e-12, rtol=0.0)

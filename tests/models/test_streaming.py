@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from lmsleep.models import SleepConfig, Stream
+from lmsleep.ops.update_rule import UPDATE_RULES
 from tests.support import run_python
 from tests.support.models import Recorder, expected_events, fast_weights_of, make_model, random_ids
 
-RULES = ("mamba2", "gated_delta")
+RULES = tuple(UPDATE_RULES)  # every rule of the one table
 EVICTIONS = ("hard", "sliding", "none")
 L = 6
 EXACT = dict(atol=1e-12, rtol=0.0)

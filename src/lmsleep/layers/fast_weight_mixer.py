@@ -1,15 +1,15 @@
 """The fast-weight ("SSM") sequence mixer: matrix-valued recurrent state written by the forward pass only.
 
 Per head, the state ``S`` is a ``K x V`` matrix (docs/design.md#fast-weights-and-update-rules) updated token
-by token by one of two rules:
+by token by one of the rules of :data:`lmsleep.ops.update_rule.UPDATE_RULES`:
 
-- ``mamba2`` (Eq. 3 in Mamba-2's parametrisation, the default):
+- ``gated_delta`` (Gated DeltaNet, what the paper ran, the default):
+  ``S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T`` with ``b_t = sigmoid(w_b.x_t)`` and
+  ``log a_t = -exp(A_log) softplus(w_a.x_t + dt_bias)``; computed by :func:`lmsleep.ops.gated_delta_rule`.
+- ``mamba2`` (Eq. 3 in Mamba-2's parametrisation):
   ``S_t = a_t S_{t-1} + b_t k_t v_t^T`` with ``b_t = dt_t = softplus(w.x_t + dt_bias)`` and
   ``a_t = exp(-dt_t exp(A_log))``; computed by :func:`lmsleep.ops.ssd` (x = v, B = k, C = q; its state is
   stored transposed, ``[B, H, V, K]``).
-- ``gated_delta`` (Gated DeltaNet, what the paper ran):
-  ``S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T`` with ``b_t = sigmoid(w_b.x_t)`` and
-  ``log a_t = -exp(A_log) softplus(w_a.x_t + dt_bias)``; computed by :func:`lmsleep.ops.gated_delta_rule`.
 
 Both read ``o_t = scale * S_t^T q_t``. Around the rule: q/k/v projections, a short causal depthwise
 convolution and SiLU on q, k, v, L2-normalised q and k, a per-head gated RMSNorm on the output and an output
@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmsleep.ops import gated_delta_rule, short_conv, ssd
+from lmsleep.ops import short_conv
+from lmsleep.ops.update_rule import UPDATE_RULES, update_rule
 
-RULES = ("mamba2", "gated_delta")
+RULES = tuple(UPDATE_RULES)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class FastWeightMixer(nn.Module):
 
     Args:
         dim: model width D.
-        rule: ``mamba2`` or ``gated_delta``.
+        rule: ``gated_delta`` or ``mamba2`` (a key of :data:`~lmsleep.ops.update_rule.UPDATE_RULES`).
         heads: fast-weight heads H.
         head_dim: key width K per head (the state is K x V per head).
         expand: value width V = ``expand * head_dim``.
@@ -116,7 +117,7 @@ class FastWeightMixer(nn.Module):
     def __init__(
         self,
         dim: int,
-        rule: str = "mamba2",
+        rule: str = "gated_delta",
         heads: int = 4,
         head_dim: int | None = None,
         expand: int = 1,
@@ -129,8 +130,7 @@ class FastWeightMixer(nn.Module):
         norm_eps: float | str | None = None,
     ):
         super().__init__()
-        if rule not in RULES:
-            raise ValueError(f"fast-weight rule {rule!r} is not one of {RULES}")
+        self.update_rule = update_rule(rule)
         head_dim = head_dim or dim // heads
         if head_dim < 1 or conv_size < 1 or expand < 1:
             raise ValueError(
@@ -139,7 +139,7 @@ class FastWeightMixer(nn.Module):
         key_heads = key_heads or heads
         if key_heads < 1 or heads % key_heads:
             raise ValueError(f"ssm heads={heads} must be a multiple of key_heads={key_heads}")
-        standard = 1e-6 if rule == "gated_delta" else None
+        standard = self.update_rule.standard_eps
         self.qk_norm_eps = standard if qk_norm_eps == "auto" else qk_norm_eps
         norm_eps = standard if norm_eps == "auto" else norm_eps
         self.rule, self.heads, self.key_dim, self.value_dim = rule, heads, head_dim, expand * head_dim
@@ -155,7 +155,7 @@ class FastWeightMixer(nn.Module):
         )
         # Gate projections: b_t (write strength) and a_t (decay) per head, as the rule defines them.
         self.gate_a = nn.Linear(dim, heads, bias=False)
-        self.gate_b = nn.Linear(dim, heads, bias=False) if rule == "gated_delta" else None
+        self.gate_b = nn.Linear(dim, heads, bias=False) if self.update_rule.write_gate else None
         # Mamba-2's init: A in [1, 16], dt = softplus(dt_bias) log-uniform in [1e-3, 1e-1].
         self.A_log = nn.Parameter(torch.log(torch.empty(heads).uniform_(1, 16)))
         dt = torch.exp(torch.empty(heads).uniform_(math.log(1e-3), math.log(1e-1)))
@@ -176,7 +176,7 @@ class FastWeightMixer(nn.Module):
         acc = torch.promote_types(a_proj.dtype, torch.float32)  # gates in fp32 at least, fp64 stays fp64
         dt = F.softplus(a_proj.to(acc) + self.dt_bias)
         log_a = -torch.exp(self.A_log.to(acc)) * dt
-        b = dt if self.rule == "mamba2" else torch.sigmoid(b_proj.to(acc))
+        b = torch.sigmoid(b_proj.to(acc)) if self.update_rule.write_gate else dt
         return log_a, b
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -223,9 +223,7 @@ class FastWeightMixer(nn.Module):
         return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + self.qk_norm_eps)
 
     def initial_state(self, batch_size: int, device: torch.device | None = None) -> FastWeights:
-        shape = (
-            (self.key_dim, self.value_dim) if self.rule == "gated_delta" else (self.value_dim, self.key_dim)
-        )
+        shape = self.update_rule.state_shape(self.key_dim, self.value_dim)
         return FastWeights(torch.zeros(batch_size, self.heads, *shape, device=device))
 
     def forward(
@@ -261,31 +259,17 @@ class FastWeightMixer(nn.Module):
         )
         # Chunks no longer than a window keep the chunk boundaries on the window boundaries.
         chunk = self.chunk_size if evict_every is None else min(self.chunk_size, evict_every)
-        if self.rule == "gated_delta":
-            o, S = gated_delta_rule(
-                q,
-                k,
-                v,
-                log_a,
-                b,
-                scale=K**-0.5,
-                initial_state=S0,
-                output_final_state=True,
-                backend=backend,
-                chunk_size=chunk,
-            )
-        else:
-            # ssd's dt multiplies both the decay exponent and the write: dt * A = log a_t with A = -exp(A_log).
-            o, S = ssd(
-                v,
-                b,
-                -torch.exp(self.A_log.to(b.dtype)),
-                k,
-                q * K**-0.5,
-                initial_state=S0,
-                output_final_state=True,
-                backend=backend,
-                chunk_size=chunk,
-            )
+        o, S = self.update_rule.run(
+            q,
+            k,
+            v,
+            log_a,
+            b,
+            -torch.exp(self.A_log.to(b.dtype)),
+            scale=K**-0.5,
+            initial_state=S0,
+            backend=backend,
+            chunk_size=chunk,
+        )
         o = self.out_norm(o.to(x.dtype)) * F.silu(out_gate).view(B, T, H, V)
         return self.out(o.reshape(B, T, H * V)), FastWeights(S, conv_tail)

@@ -16,6 +16,7 @@ from lmsleep.layers.attention import Attention
 from lmsleep.layers.fast_weight_mixer import FastWeightMixer
 from lmsleep.models.sleep import SleepConfig, wakes_in_one_span
 from lmsleep.models.state import ModelState
+from lmsleep.ops.update_rule import matmul_flops as _mm
 
 COMPONENTS = ("projections", "attention", "fast_weight_op", "mlp", "head")
 
@@ -44,51 +45,6 @@ class FlopCount:
         self.forward[component] += flops
 
 
-def _mm(m: int, k: int, n: int) -> float:
-    return 2.0 * m * k * n
-
-
-def _unit_lower_inverse(c: int) -> float:
-    """Products of :func:`lmsleep.ops._common.unit_lower_inverse` for one ``c x c`` matrix."""
-    if c <= 16:
-        flops, covered = 0.0, 1
-        while covered < c - 1:
-            flops += 2 * _mm(c, c, c)
-            covered = 2 * covered + 1
-        return flops
-    size = 16
-    while size < c:
-        size *= 2
-    return _block_inverse(size)
-
-
-def _block_inverse(c: int) -> float:
-    if c <= 16:
-        return _unit_lower_inverse(c)
-    h = c // 2
-    return 2 * _block_inverse(h) + 2 * _mm(h, h, h)
-
-
-def fast_weight_op_flops(rule: str, T: int, K: int, V: int, chunk: int, recurrent: bool) -> float:
-    """Products of one head's fast-weight op over ``T`` tokens (chunked, or the token loop)."""
-    if recurrent:  # read, write and output per token (gated delta); output only (SSD's write is a product)
-        return T * (3 if rule == "gated_delta" else 1) * _mm(1, K, V)
-    C = min(chunk, T)
-    n = -(-T // C)
-    if rule == "gated_delta":
-        per_chunk = (
-            _mm(2 * C, K, C)  # beta K K^T and Q K^T in one product
-            + _unit_lower_inverse(C)
-            + _mm(C, C, V + K)  # U and W
-            + 2 * _mm(C, K, V)  # V' = U - W S, and the next state
-            + _mm(C, K, V)  # Q S
-            + _mm(C, C, V)  # P V'
-        )
-    else:
-        per_chunk = _mm(C, K, C) + _mm(C, C, V) + _mm(V, C, K) + _mm(C, K, V)
-    return n * per_chunk
-
-
 class _Counter:
     def __init__(self, model, cfg: SleepConfig, count: FlopCount):
         self.model, self.cfg, self.count = model, cfg, count
@@ -113,7 +69,7 @@ class _Counter:
             self.count.add("projections", _mm(T, D, width) + _mm(T, H * V, D))
             recurrent = T < mixer.recurrent_below and mixer.backend == "auto"
             chunk = mixer.chunk_size if evict_every is None else min(mixer.chunk_size, evict_every)
-            self.count.add("fast_weight_op", H * fast_weight_op_flops(mixer.rule, T, K, V, chunk, recurrent))
+            self.count.add("fast_weight_op", H * mixer.update_rule.flops(T, K, V, chunk, recurrent))
         hidden = block.mlp.down.in_features
         self.count.add("mlp", _mm(T, D, 2 * hidden) + _mm(T, hidden, D))
 

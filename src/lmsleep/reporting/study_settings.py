@@ -75,7 +75,7 @@ def run_hparams(cfg: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
         "state_mode": sleep.get("state_mode"),
         # the fast-weight settings of a model without fast-weight layers say nothing
         "loop": net.get("loop", "all") if hybrid else None,
-        "rule": (net.get("ssm") or {}).get("rule", "mamba2") if hybrid else None,
+        "rule": (net.get("ssm") or {}).get("rule", "gated_delta") if hybrid else None,
         "token_budget": steps * tokens_per_step if steps else None,
     }
     return values

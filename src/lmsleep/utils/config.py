@@ -202,30 +202,26 @@ def check_trainer(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{name}={value!r} must be an integer (e.g. trainer.{name}=1000)")
 
 
-# The fast-weight rule -> its op in lmsleep.ops (whose kernel backend is KERNELS[op].backend).
-RULE_OPS = {"gated_delta": "gated_delta_rule", "mamba2": "ssd"}
-
-
 def check_kernel_backend(cfg: DictConfig) -> None:
     """An explicit kernel backend (``model.net.ssm.backend=fla`` or ``mamba_ssm``) must be the rule's kernel,
     importable, and have a GPU to run on; otherwise stop before any work, with the install command.
     ``auto`` (the default) never stops: it takes the kernel on CUDA when it imports, else the torch path."""
     from lmsleep.ops.backend import INSTALL_HINT, KERNELS, TORCH_BACKENDS, kernel_import_error
+    from lmsleep.ops.update_rule import UPDATE_RULES
 
     net = cfg.get("model", {}).get("net") or {}
     ssm = net.get("ssm") or {}
-    backend, rule = str(ssm.get("backend", "auto")), str(ssm.get("rule", "mamba2"))
+    backend, rule = str(ssm.get("backend", "auto")), str(ssm.get("rule", "gated_delta"))
     if backend == "auto" or backend in TORCH_BACKENDS or "ssm" not in str(net.get("layout", "")):
         return
-    op = RULE_OPS.get(rule)
-    if op is None or backend != KERNELS[op].backend:
-        kernel = f"{KERNELS[op].backend!r}" if op else "none"
+    spec = KERNELS.get(UPDATE_RULES[rule].op) if rule in UPDATE_RULES else None
+    if spec is None or backend != spec.backend:
+        kernel = f"{spec.backend!r}" if spec else "none"
         raise ConfigError(
             f"model.net.ssm.backend={backend} is not a kernel of rule {rule!r} (its kernel: {kernel}); use "
             "model.net.ssm.backend=auto, chunked or recurrent, or the rule's kernel"
         )
-    spec = KERNELS[op]
-    err = kernel_import_error(op)
+    err = kernel_import_error(UPDATE_RULES[rule].op)
     if err is not None:
         first_line = (str(err).strip().splitlines() or [""])[0]
         raise ConfigError(
