@@ -110,8 +110,9 @@ class FastWeightMixer(nn.Module):
         norm_eps: eps of the gated output RMSNorm (None: the dtype's machine epsilon). ``"auto"``: 1e-6 for
             ``gated_delta`` (the standard Gated DeltaNet value), None for ``mamba2``. On heads whose output is
             small the choice is visible: machine epsilon against 1e-6 moved fp32 outputs by up to 29 %.
-            Both default to None (lmsleep's values so far, so trained checkpoints keep their function);
-            ``model.net.ssm.qk_norm_eps=auto model.net.ssm.norm_eps=auto`` selects the standard ones.
+            Both default to ``"auto"``; None for both gives lmsleep's values before December 2026 (checkpoints trained
+            with them keep their exact function only with ``model.net.ssm.qk_norm_eps=null
+            model.net.ssm.norm_eps=null``).
     """
 
     def __init__(
@@ -126,8 +127,8 @@ class FastWeightMixer(nn.Module):
         chunk_size: int = 64,
         recurrent_below: int = 8,
         key_heads: int | None = None,
-        qk_norm_eps: float | str | None = None,
-        norm_eps: float | str | None = None,
+        qk_norm_eps: float | str | None = "auto",
+        norm_eps: float | str | None = "auto",
     ):
         super().__init__()
         self.update_rule = update_rule(rule)
