@@ -17,6 +17,7 @@ from lmsleep.utils.config import (
     build,
     build_data_and_model,
     check_kernel_backend,
+    check_required,
     check_trainer,
     flat_hparams,
     instantiate_group,
@@ -59,6 +60,7 @@ def check_precision(trainer_cfg: DictConfig) -> None:
 
 def build_run(cfg: DictConfig) -> tuple[Any, Any, L.Trainer, list]:
     """Seed, then the DataModule, the LightningModule, the loggers and a Trainer with the configured callbacks."""
+    check_required(cfg)
     check_precision(cfg.trainer)
     check_trainer(cfg)
     check_kernel_backend(cfg)

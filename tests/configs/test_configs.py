@@ -8,6 +8,7 @@ metrics instead of answer accuracy.
 from __future__ import annotations
 
 import math
+import runpy
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from lmsleep.train import train
-from lmsleep.utils.config import RENAMED, build_data_and_model, with_current_names
-from tests.support import CONFIG_DIR, config_names, csv_rows
+from lmsleep.utils.config import RENAMED, build_data_and_model, missing_keys, with_current_names
+from tests.support import CONFIG_DIR, REPO, compose_config, config_names, csv_rows
 
 options = config_names  # the options of a config group, found on disk
 
@@ -42,6 +43,31 @@ def text_corpus(root: Path) -> list[str]:
     for i in range(40):
         (root / f"doc{i}.txt").write_text(f"document {i}: " + "abc " * (10 + i))
     return [f"data.paths=[{root}]", "data.seq_len=32", "data.val_fraction=0.2", "data.test_fraction=0.2"]
+
+
+@pytest.fixture(scope="session")
+def required(tmp_path_factory):
+    """``required(name) -> overrides`` giving the values an experiment marks as required (a tokenizer; its text
+    then comes from a small corpus instead of the whole standard library, to keep the test fast)."""
+    root = tmp_path_factory.mktemp("required")
+
+    def overrides(name: str) -> list[str]:
+        cfg = compose_config([f"experiment={name}"])
+        given = []
+        for key, _ in missing_keys(cfg):
+            if key != "data.tokenizer":
+                raise AssertionError(f"experiment={name} requires {key}: give the test a value for it")
+            tokenizer = root / "tokenizer.json"
+            if not tokenizer.is_file():
+                (root / "src").mkdir(exist_ok=True)
+                (root / "src" / "a.py").write_text("def f(x):\n    return x + 1\n" * 20)
+                train_tokenizer = runpy.run_path(str(REPO / "scripts" / "train_tokenizer.py"))
+                train_tokenizer["main"]([str(tokenizer), str(root / "src"), "--vocab-size", "300"])
+            given += [f"data.tokenizer={tokenizer}", *text_corpus(root / "corpus"), "data.glob=**/*"]
+            given += ["data.val_size=4", "data.test_size=4"]
+        return given
+
+    return overrides
 
 
 def check_metrics(metrics: dict[str, float], datamodule) -> None:
@@ -107,9 +133,9 @@ def test_other_entry_configs_compose(compose, name):
 
 
 @pytest.mark.parametrize("name", options("experiment"))
-def test_experiment_composes_and_builds(compose, name, one_thread):
+def test_experiment_composes_and_builds(compose, name, one_thread, required):
     """Every experiment (paper sizes too) composes and its data module and model can be built."""
-    cfg = compose([f"experiment={name}"])
+    cfg = compose([f"experiment={name}", *required(name)])
     assert cfg.data._target_.startswith("lmsleep.")
     datamodule, model = build_data_and_model(cfg)
     if is_text(cfg.data._target_):
@@ -118,15 +144,17 @@ def test_experiment_composes_and_builds(compose, name, one_thread):
     else:
         sample = datamodule.task.sample("train", 0)
         assert len(sample["input_ids"]) <= datamodule.task.max_length
-    assert model.net.embed.num_embeddings == datamodule.vocab_size
+    hf = getattr(model.net, "hf", None)  # a wrapped transformers model keeps its embedding there
+    embedding = model.net.embed if hf is None else hf.get_input_embeddings()
+    assert embedding.num_embeddings == datamodule.vocab_size
 
 
 @pytest.mark.parametrize(
     "name",
     [pytest.param(n, marks=pytest.mark.slow) if n.startswith("paper/") else n for n in options("experiment")],
 )
-def test_experiment_runs_fast_dev_run(compose_fit, name, one_thread):
-    cfg = compose_fit(f"experiment={name}", "debug=fdr")
+def test_experiment_runs_fast_dev_run(compose_fit, name, one_thread, required):
+    cfg = compose_fit(f"experiment={name}", "debug=fdr", *required(name))
     shrink(cfg)
     run_fdr(cfg)
 
@@ -294,3 +322,17 @@ def test_studies_do_not_inherit_from_recipes():
             else:
                 (key,) = entry
                 assert key.startswith("override /") and "experiment" not in key, f"{path.name}: {entry}"
+
+
+def test_a_required_value_is_named_before_any_work(compose_fit, tmp_path):
+    """``${lmsleep.required:...}`` in a recipe: a run without the value stops with one line saying what to
+    pass, before the data or model is built (and ``???`` cannot do this: merged over a default it is lost)."""
+    from lmsleep.utils.config import ConfigError
+
+    cfg = compose_fit("experiment=study/pretrained_demo/pretrain")
+    with pytest.raises(
+        ConfigError,
+        match=r"needs a value for data.tokenizer: add data.tokenizer=<a tokenizer.json from scripts/train_tok",
+    ):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

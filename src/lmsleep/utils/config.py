@@ -38,6 +38,19 @@ class ConfigError(ValueError):
     """A configuration or input that cannot work; the message says what was wrong and how to fix it."""
 
 
+REQUIRED = "${lmsleep.required:"
+
+
+def _required(hint: str = "") -> Any:
+    raise ConfigError(f"a required setting was not given ({hint}); pass it on the command line")
+
+
+# ``key: ${lmsleep.required:what to pass}`` in a recipe marks a value the user must give (a model folder, a
+# tokenizer). OmegaConf's own ``???`` cannot: merged over a group's default (``path: null``) it is dropped.
+# :func:`check_required` names every such key before any work; resolving one anyway raises.
+OmegaConf.register_new_resolver("lmsleep.required", _required, replace=True)
+
+
 # Config names of earlier releases -> today's (configs laid out by purpose: recipes, paper/, study/). The old
 # names keep working for one release, with a one-line notice; checkpoints that stored them keep testing.
 RENAMED: dict[str, dict[str, str]] = {
@@ -192,6 +205,44 @@ def build(conf: DictConfig, key: str, **kwargs: Any) -> Any:
             where, message = found.group(1) if found else key, str(cause)
             raise ConfigError(message if message.startswith(f"{where}.") else f"{where}: {message}") from exc
         raise
+
+
+def missing_keys(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, what to pass)`` of each value of ``node`` left at ``???`` or at
+    ``${lmsleep.required:...}``, depth first."""
+    found = []
+    for key, value in node.items_ex(resolve=False):
+        name = f"{prefix}{key}"
+        if name == "hydra":
+            continue
+        child = node._get_node(key)
+        if OmegaConf.is_missing(node, key):
+            found.append((name, ""))
+        elif isinstance(child, DictConfig):
+            found += missing_keys(child, name + ".")
+        elif isinstance(value, str) and value.startswith(REQUIRED) and value.endswith("}"):
+            found.append((name, value[len(REQUIRED) : -1].strip()))
+    return found
+
+
+def _experiment_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get("experiment")
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Every value a config marks as required (``${lmsleep.required:...}`` or ``???``) was given, else one
+    line naming each and what to pass: a recipe that needs a model folder or a tokenizer says so before any
+    work, not as a confusing failure later."""
+    missing = missing_keys(cfg)
+    if missing:
+        choice = _experiment_choice()
+        where = f"experiment={choice}" if choice else "this config"
+        wanted = "; ".join(f"{key}=<{hint or 'a value'}>" for key, hint in missing)
+        raise ConfigError(f"{where} needs a value for {', '.join(k for k, _ in missing)}: add {wanted}")
 
 
 def check_trainer(cfg: DictConfig) -> None:
