@@ -76,7 +76,8 @@ def copy_tokenizer(source: tuple[Path, str], tokenizer: Any, out: Path) -> list[
     if path.is_dir() and (path / "tokenizer_config.json").is_file():  # a model folder's tokenizer, as it is
         names = [n for n in TOKENIZER_FILES if (path / n).is_file()]
         for name in names:
-            shutil.copyfile(path / name, out / name)
+            if (out / name).resolve() != (path / name).resolve():  # out may be the model folder itself
+                shutil.copyfile(path / name, out / name)
         return names
     # a bare tokenizer.json: with a tokenizer_config.json naming no family, transformers reads it as it is
     return sorted(Path(f).name for f in tokenizer.save_pretrained(out) if Path(f).parent == out)
