@@ -23,7 +23,7 @@ two under TYPE_CHECKING; ``lmsleep.cli`` imports ``lmsleep.train``). Where each 
 - ``reporting``: a study's tables and figures (``lmsleep.reporting``: report, study_figures, plots), built
   over ``data`` (task configs), drawn with by the validation-pictures callback, so below ``callbacks``.
 - ``entry``: the commands and what only they use: ``cli``, ``__main__``, ``train``, ``evaluate``, ``run``,
-  ``generate``, ``export``.
+  ``generate``, ``export``, ``export_hf``, ``restore``.
 
 A module is placed by the longest prefix of its dotted name in :data:`LAYER_OF` (``lmsleep.models.hf`` is
 ``models``, ``lmsleep.reporting.report`` is ``reporting``). A module that no entry covers (a new top-level package
@@ -68,6 +68,8 @@ LAYER_OF = {
     "lmsleep.evaluate": "entry",
     "lmsleep.generate": "entry",
     "lmsleep.export": "entry",
+    "lmsleep.export_hf": "entry",
+    "lmsleep.restore": "entry",
     "lmsleep.run": "entry",
 }
 

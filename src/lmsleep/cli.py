@@ -1,5 +1,5 @@
-"""The ``lmsleep`` command: ``fit``, ``test``, ``generate``, ``export-data`` and ``report``, thin Hydra wrappers
-around plain functions."""
+"""The ``lmsleep`` command: ``fit``, ``test``, ``generate``, ``export-data``, ``export-hf`` and ``report``, thin
+Hydra wrappers around plain functions."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ USAGE = """usage: lmsleep COMMAND [hydra overrides]
 commands:
   fit           train, then test the best checkpoint     lmsleep fit experiment=rule110_transformer
   test          evaluate a checkpoint on the test split  lmsleep test ckpt_path=logs/fit/runs/<run>/checkpoints/last.ckpt
-  generate      continue a prompt with a text checkpoint lmsleep generate ckpt_path=PATH prompt='def main():' max_new_tokens=200
+  generate      continue a prompt (text or model=hf run) lmsleep generate ckpt_path=PATH prompt='def main():' max_new_tokens=200
   export-data   write task samples as JSON lines         lmsleep export-data data=rule110 split=test n=100 out=FILE.jsonl
+  export-hf     a model=hf run as a transformers folder  lmsleep export-hf ckpt_path=PATH out=DIR
   report        tables and plots of runs (mean over seeds) lmsleep report logs/rule110_sleep/runs/* out=results/
 
 Every value in the configs can be overridden (key=value); `lmsleep fit --cfg job` prints the composed config,
@@ -44,11 +45,21 @@ Every value in the configs can be overridden (key=value); `lmsleep fit --cfg job
 experiment/my_run.yaml) go in a folder named by LMSLEEP_CONFIG_DIR (or hydra.searchpath=[file:///that/folder]):
 `LMSLEEP_CONFIG_DIR=~/my_configs lmsleep fit experiment=my_run`.
 
-A checkpoint's stored overrides are re-applied (test, generate, fit ckpt_path=) only when each is a plain
+A checkpoint's stored overrides are re-applied (test, generate, export-hf, fit ckpt_path=) only when each is a plain
 setting; trust_checkpoint=true re-applies all of them, for a checkpoint you wrote yourself.
 """
 
-COMMANDS = ("fit", "test", "generate", "export-data", "export_data", "export", "report")
+COMMANDS = (
+    "fit",
+    "test",
+    "generate",
+    "export-data",
+    "export_data",
+    "export",
+    "export-hf",
+    "export_hf",
+    "report",
+)
 # Lightning's DDP launcher starts ranks > 0 as `python <sys.argv[0]> <sys.argv[1:]>` (or `python -m <main module>
 # ...`), and Hydra's overrides must be all of sys.argv[1:]; the command reaches those processes through this variable.
 COMMAND_ENV = "LMSLEEP_COMMAND"
@@ -119,6 +130,20 @@ def _export(cfg: DictConfig) -> None:
         )
 
 
+@_reporting_config_errors
+def _export_hf(cfg: DictConfig) -> None:
+    from lmsleep.export_hf import export_hf
+
+    done = export_hf(cfg)
+    files = ", ".join(done["tokenizer_files"]) or "none"
+    print(
+        f"wrote the {done['family']} model ({done['parameters']:,} parameters, {done['dtype']}) to {done['out']}; "
+        f"tokenizer: {done['tokenizer_from']} ({files}); transformers loads it with "
+        f"AutoModelForCausalLM.from_pretrained({done['out']!r}), without sleep (settings in lmsleep.json)",
+        file=sys.stderr,
+    )
+
+
 def _generating(prompt: str | None):
     """The Hydra task of ``lmsleep generate``, with the prompt taken verbatim from the command line."""
 
@@ -153,15 +178,17 @@ def _report(metrics: dict[str, float], cfg: DictConfig) -> None:
     print(f"TensorBoard: tensorboard --logdir {cfg.paths.output_dir}/tensorboard")
 
 
-def _with_checkpoint_overrides(args: list[str], command: str, trust: bool) -> list[str]:
+def _with_checkpoint_overrides(
+    args: list[str], command: str, trust: bool, config_name: str | None = None
+) -> list[str]:
     """Prepend the data/model overrides stored in the checkpoint named by ``ckpt_path=`` (the user's win),
-    once each is known to be a plain setting (or the user trusts the checkpoint)."""
+    once each is known to be a plain setting (or the user trusts the checkpoint); ``config_name`` is the root
+    config the command composes (default: the command's name)."""
     paths = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
     if not paths:
         raise ConfigError(f"lmsleep {command} needs ckpt_path=PATH (a .ckpt file written by `lmsleep fit`)")
-    return (
-        _checked(stored_overrides(check_checkpoint(paths[-1]), args, MODEL_KEYS), args, command, trust) + args
-    )
+    stored = stored_overrides(check_checkpoint(paths[-1]), args, MODEL_KEYS)
+    return _checked(stored, args, config_name or command, trust) + args
 
 
 def _checked(stored: list[str], args: list[str], command: str, trust: bool) -> list[str]:
@@ -239,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command != "report":
             rest = with_current_names(rest, notice=not os.environ.get("LOCAL_RANK"))
-        if command in ("fit", "test", "generate"):
+        if command in ("fit", "test", "generate", "export-hf", "export_hf"):
             rest, trust = _take_trust(rest)
         if command == "fit":
             rest = _resuming(rest, trust)
@@ -257,13 +284,18 @@ def main(argv: list[str] | None = None) -> None:
             _run("generate", _generating(prompt), rest, "generate")
         elif command in ("export-data", "export_data", "export"):
             _run("export", _export, rest, "export-data")
+        elif command in ("export-hf", "export_hf"):
+            if not any(a in ("--help", "-h", "--cfg", "-c", "--info") for a in rest):
+                rest = _with_checkpoint_overrides(rest, "export-hf", trust, config_name="export_hf")
+            _run("export_hf", _export_hf, rest, "export-hf")
         elif command == "report":
             from lmsleep.reporting.report import main as report_main
 
             report_main(rest)
         else:
             raise ConfigError(
-                f"unknown command {command!r}; use one of: fit, test, export-data, report, generate\n\n{USAGE}"
+                f"unknown command {command!r}; use one of: fit, test, export-data, export-hf, report, "
+                f"generate\n\n{USAGE}"
             )
     except ConfigError as exc:
         _config_error_exit(exc)

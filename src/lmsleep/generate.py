@@ -1,10 +1,12 @@
-"""``generate(cfg)``: continue a prompt with a checkpoint of a text run (``lmsleep generate``, docs/text.md).
+"""``generate(cfg)``: continue a prompt with a checkpoint of a text run or a ``model=hf`` run (``lmsleep generate``,
+docs/text.md, docs/pretrained.md).
 
-The checkpoint carries its run's tokenizer (saved by :class:`~lmsleep.data.TextDataModule`) and its run's
-data/model overrides (re-applied by the CLI, as for ``lmsleep test``), so the model is rebuilt as it was
-trained, without reading the corpus. Decoding goes through :class:`~lmsleep.models.Stream`: the prompt and then
-every new token is fed in, and whenever a window of L tokens fills the model sleeps on it (passes 2..N) and
-evicts its KV cache, as in training. The text goes to stdout; the KV size and per-token latency to stderr.
+The CLI re-applies the run's data/model overrides (as for ``lmsleep test``), so the model is rebuilt as it was
+trained (:mod:`lmsleep.restore`). Two ways to the tokenizer, one decode loop: a text run's checkpoint carries
+lmsleep's tokenizer; a ``model=hf`` run uses a transformers tokenizer (``tokenizer=PATH``, the data's, or the
+model folder's). Decoding goes through :class:`~lmsleep.models.Stream`: the prompt and then every new token is
+fed in, and whenever a window of L tokens fills the model sleeps on it (passes 2..N) and evicts its KV cache,
+as in training. The text goes to stdout; the KV size and per-token latency to stderr.
 """
 
 from __future__ import annotations
@@ -12,40 +14,91 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from lmsleep.data.tokenizer import tokenizer_from_dict
 from lmsleep.models.streaming import Stream
-from lmsleep.utils.checkpoint import check_checkpoint, check_fits_model
-from lmsleep.utils.config import ConfigError, build
+from lmsleep.restore import (
+    check_tokenizer_fits,
+    checkpoint_of,
+    is_hf_run,
+    load_run_tokenizer,
+    load_trained_model,
+    model_name,
+    text_tokenizer,
+    tokenizer_source,
+)
+from lmsleep.utils.config import ConfigError
 
-TEXT_STATE = "TextDataModule"  # the key Lightning saves the text DataModule's state (its tokenizer) under
+
+@dataclass(frozen=True)
+class Codec:
+    """What decoding needs of a tokenizer.
+
+    Args:
+        encode: text -> token ids, no special tokens.
+        decode: token ids -> text.
+        start: ids fed before a prompt that starts a document (``new_document=true``).
+        stop: the id that ends a document (``stop_at_eod=true`` stops there), None if there is none.
+    """
+
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    start: tuple[int, ...]
+    stop: int | None
 
 
-def load_text_model(cfg: DictConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """The trained LightningModule (eval mode, on ``cfg.device``) and tokenizer of ``cfg.ckpt_path``."""
-    if not cfg.get("ckpt_path") or str(cfg.ckpt_path) == "???":
+def text_codec(tokenizer: Any) -> Codec:
+    """lmsleep's text tokenizer: documents are separated by ``<eod>`` in the packed training data."""
+    eod = tokenizer.eod_id
+    return Codec(lambda text: tokenizer.encode(text)[0].tolist(), tokenizer.decode, (eod,), eod)
+
+
+def hf_codec(tokenizer: Any) -> Codec:
+    """A transformers tokenizer: a document starts with its BOS token where it has one (as a pretrained model
+    saw documents start) and ends with its EOS token."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return Codec(
+        lambda text: tokenizer.encode(text, add_special_tokens=False),
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
+        () if bos is None else (int(bos),),
+        None if eos is None else int(eos),
+    )
+
+
+def load_generator(cfg: DictConfig) -> tuple[Any, Codec]:
+    """The trained LightningModule of ``cfg.ckpt_path`` (eval, on ``cfg.device``) and its run's tokenizer."""
+    ckpt = checkpoint_of(cfg, "generate")
+    text = text_tokenizer(ckpt)
+    if text is not None:
+        if cfg.get("tokenizer"):
+            raise ConfigError(
+                f"tokenizer={cfg.tokenizer}: ckpt_path={cfg.ckpt_path} is a text run's checkpoint, which carries "
+                "the tokenizer it was trained with; drop tokenizer="
+            )
+        return load_trained_model(cfg, ckpt), text_codec(text)
+    if not is_hf_run(cfg):
         raise ConfigError(
-            "lmsleep generate needs ckpt_path=PATH (a .ckpt file of a `lmsleep fit data=text` run)"
+            f"ckpt_path={cfg.ckpt_path} is not a checkpoint of a text run (it holds no tokenizer) nor of a "
+            f"model=hf run (its model is {model_name(cfg)}); generate continues text, so pass a checkpoint written "
+            "by `lmsleep fit data=text ...` or `lmsleep fit model=hf ...` (task runs of lmsleep's models have none)"
         )
-    ckpt = check_checkpoint(cfg.ckpt_path)
-    if TEXT_STATE not in ckpt or "tokenizer" not in ckpt[TEXT_STATE]:
+    source = tokenizer_source(cfg)
+    if source is None:
         raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} is not a checkpoint of a text run (it holds no tokenizer); generate "
-            "continues text, so pass a checkpoint written by `lmsleep fit data=text ...` (task runs have none)"
+            f"ckpt_path={cfg.ckpt_path} is a model=hf run without a tokenizer (no tokenizer in its data or "
+            "model folder); generate needs one to read the prompt: pass tokenizer=PATH (a model folder or a "
+            "tokenizer.json whose ids the run was trained on)"
         )
-    tokenizer = tokenizer_from_dict(ckpt[TEXT_STATE]["tokenizer"])
-    with open_dict(cfg):
-        cfg.model.net.vocab_size = tokenizer.vocab_size
-        cfg.model.metrics = "text"
-    model = build(cfg.model, "model")
-    check_fits_model(ckpt, model, cfg.ckpt_path)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(str(cfg.get("device", "cpu"))).eval(), tokenizer, ckpt
+    tokenizer = load_run_tokenizer(source)
+    model = load_trained_model(cfg, ckpt)
+    check_tokenizer_fits(tokenizer, source, model)
+    return model, hf_codec(tokenizer)
 
 
 def read_prompt(cfg: DictConfig) -> str:
@@ -82,24 +135,25 @@ def generate(cfg: DictConfig, out: TextIO | None = None, err: TextIO | None = No
         )
     if cfg.get("flush_denormal", True):
         torch.set_flush_denormal(True)  # as in training: subnormal fast weights are slow on CPUs
-    model, tokenizer, _ = load_text_model(cfg)
-    ids, _ = tokenizer.encode(prompt)
-    if cfg.get("new_document", True):  # a document starts after <eod>, as in the packed training data
-        ids = torch.cat([torch.tensor([tokenizer.eod_id], dtype=ids.dtype), ids])
+    model, codec = load_generator(cfg)
+    opening = codec.start if cfg.get("new_document", True) else ()
+    ids = torch.tensor([*opening, *codec.encode(prompt)], dtype=torch.long)
+    if len(ids) == 0:
+        raise ConfigError(f"the prompt {prompt!r} encodes to no tokens; pass some text the tokenizer knows")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
     stream = Stream(model.net, model.sleep)
     new, times, max_kv = [], [], 0
     start = time.perf_counter()
-    for token in stream.decode(ids.long()[None], int(cfg.max_new_tokens), temperature, top_k, generator):
+    for token in stream.decode(ids[None], int(cfg.max_new_tokens), temperature, top_k, generator):
         now = time.perf_counter()
         times.append(now - start)
         start, max_kv = now, max(max_kv, stream.kv_length)
-        if cfg.get("stop_at_eod", True) and int(token) == tokenizer.eod_id:
+        if cfg.get("stop_at_eod", True) and int(token) == codec.stop:
             break
         new.append(int(token))
-    shown = ids.tolist()[1 if cfg.get("new_document", True) else 0 :] if cfg.get("echo_prompt", True) else []
-    text = tokenizer.decode(shown + new)
+    shown = ids.tolist()[len(opening) :] if cfg.get("echo_prompt", True) else []
+    text = codec.decode(shown + new)
     out.write(text + "\n")
     out.flush()
     # times[0]: the prompt (and the first pick); then per new token: feeding the previous one (sleeping when it

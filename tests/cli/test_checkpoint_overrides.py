@@ -1,6 +1,6 @@
 """A checkpoint from elsewhere runs no code: its stored overrides are re-applied only when each is a plain
-setting (src/lmsleep/utils/checkpoint.py). Every injection shape is refused by ``test``, ``generate`` and a
-resumed ``fit`` with one line naming the override, exit 2, before anything is instantiated: the file the
+setting (src/lmsleep/utils/checkpoint.py). Every injection shape is refused by ``test``, ``generate``,
+``export-hf`` and a resumed ``fit`` with one line naming the override, exit 2, before anything is instantiated: the file the
 payload would write does not exist afterwards."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def evil_checkpoint(path: Path, overrides: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("command", ["test", "generate", "fit"])
+@pytest.mark.parametrize("command", ["test", "generate", "export-hf", "fit"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_stored_injection_is_refused(cli_in_process, tmp_path, command, shape):
     sentinel = tmp_path / "pwned"
@@ -77,6 +77,8 @@ def test_stored_injection_is_refused(cli_in_process, tmp_path, command, shape):
     args = [command, f"ckpt_path={ckpt}", f"paths.log_dir={tmp_path}/logs"]
     if command == "generate":
         args.append("prompt=x")
+    if command == "export-hf":
+        args.append(f"out={tmp_path}/out")
     result = cli_in_process(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("lmsleep: resuming")]

@@ -250,7 +250,7 @@ def test_cli_usage(cli, tmp_path):
     result = cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("usage: lmsleep COMMAND [hydra overrides]")
-    for command in ("fit", "test", "export-data"):
+    for command in ("fit", "test", "generate", "export-data", "export-hf", "report"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.M)
 
 

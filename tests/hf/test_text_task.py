@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("transformers", reason="needs the hf extra (pip install -e '.[hf]')")
@@ -16,9 +18,9 @@ from .test_lightning import QWEN3_5, config_override  # noqa: E402
 SMALL = dict(ops=[1, 2], context_tokens=[90, 100], window=32)
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path):
-    """A word-level tokenizer whose numbers split into digits (so answers take one or two tokens)."""
+def save_word_tokenizer(folder: Path) -> Path:
+    """A word-level ``tokenizer.json`` in ``folder`` over the task's words, numbers split into digits (so
+    answers take one or two tokens); returns the folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     words = GSMInfTask(**SMALL).vocab.tokens[1:]
@@ -27,8 +29,14 @@ def tokenizer_dir(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
     )
-    tok.save(str(tmp_path / "tokenizer.json"))
-    return tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    return save_word_tokenizer(tmp_path)
 
 
 def test_same_problems_rendered_as_text_with_a_loss_on_the_answer_only(tokenizer_dir):
@@ -56,11 +64,12 @@ def test_missing_tokenizer_is_one_line(tmp_path):
         GSMInfTextTask(tokenizer=tmp_path, **SMALL)
 
 
-def test_fit_a_transformers_model_on_the_text_task(compose_fit, one_thread, tokenizer_dir):
-    overrides = [
+def gsm_text_fit(tokenizer: Path) -> list[str]:
+    """Overrides of a two-step fit of the tiny Qwen3.5 on the text task (N = 2, windows of 32 tokens)."""
+    return [
         "data=gsm_inf",
         "data.task._target_=lmsleep.data.gsm_inf_text.GSMInfTextTask",
-        f"+data.task.tokenizer={tokenizer_dir}",
+        f"+data.task.tokenizer={tokenizer}",
         "data.task.ops=[1,2]",
         "data.task.context_tokens=[90,100]",
         "data.task.window=32",
@@ -77,6 +86,9 @@ def test_fit_a_transformers_model_on_the_text_task(compose_fit, one_thread, toke
         "++trainer.enable_progress_bar=false",
         "++trainer.enable_model_summary=false",
     ]
-    metrics, objects = train(compose_fit(*overrides))
+
+
+def test_fit_a_transformers_model_on_the_text_task(compose_fit, one_thread, tokenizer_dir):
+    metrics, objects = train(compose_fit(*gsm_text_fit(tokenizer_dir)))
     assert objects["model"].net.hf.config.vocab_size == objects["datamodule"].task.vocab_size
     assert any(k.startswith("test/acc@ops=") for k in metrics)

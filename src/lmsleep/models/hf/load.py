@@ -78,17 +78,29 @@ def load_hf_model(
     return model if torch_dtype in (None, "auto") else model.to(torch_dtype)
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any | None:
-    """The folder's own tokenizer (``AutoTokenizer``), or None when it ships none."""
-    from transformers import AutoTokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
-    folder = Path(path).expanduser()
-    if not any(
-        (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-    ):
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any | None:
+    """The tokenizer of a model folder, or of a bare ``tokenizer.json`` (the file or a folder holding only
+    that); None when the folder ships none.
+
+    A folder with ``tokenizer_config.json`` (or a sentencepiece ``tokenizer.model``) loads with
+    ``AutoTokenizer``, as transformers would. A bare ``tokenizer.json`` loads as it is
+    (``PreTrainedTokenizerFast``): beside a ``config.json`` without ``tokenizer_config.json``, ``AutoTokenizer``
+    would pick the family's tokenizer class, which rebuilds the vocabulary from that file in its own way.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    where = Path(path).expanduser()
+    if where.is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(where))
+    if not any((where / f).is_file() for f in TOKENIZER_FILES):
         return None
+    if not (where / "tokenizer_config.json").is_file() and not (where / "tokenizer.model").is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(where / "tokenizer.json"))
     remote = {"trust_remote_code": True} if trust_remote_code else {}
-    return AutoTokenizer.from_pretrained(folder, local_files_only=True, **remote)
+    return AutoTokenizer.from_pretrained(where, local_files_only=True, **remote)
 
 
 def from_hf(
