@@ -14,8 +14,7 @@ from lmsleep.models.groups import GROUPS  # noqa: E402
 from lmsleep.models.hf import from_hf  # noqa: E402
 from lmsleep.utils.config import ConfigError  # noqa: E402
 
-from .test_lightning import QWEN3_5  # noqa: E402
-from .tiny import CONFIGS, tiny  # noqa: E402
+from .tiny import CONFIGS, QWEN3_5, tiny  # noqa: E402
 
 QWEN3 = {**CONFIGS["qwen3"], "hidden_size": 32, "head_dim": 8, "intermediate_size": 64}
 

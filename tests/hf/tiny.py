@@ -83,6 +83,24 @@ CONFIGS = {
 }
 HYBRIDS = ("qwen3_5", "nemotron_h", "bamba")
 
+# The smallest models the Lightning fits run: hidden 32, one Gated DeltaNet and one attention layer.
+QWEN3_5 = dict(
+    model_type="qwen3_5_text",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    linear_num_key_heads=1,
+    linear_num_value_heads=2,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    layer_types=["linear_attention", "full_attention"],
+)
+# The GSM-style task at the size of the text-task tests: 1-2 operations in 90-100 tokens, windows of 32.
+GSM_SMALL = dict(ops=[1, 2], context_tokens=[90, 100], window=32)
+
 
 def tiny(family: str, seed: int = 0, **kwargs):
     """An :class:`HFSleepLM` around a random fp32 model of ``family``, in eval mode.
