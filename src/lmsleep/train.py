@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lmsleep.callbacks.preemption import Preempted, Preemption
 from lmsleep.run import as_floats, build_run, finish_run, log_hparams
 from lmsleep.utils.checkpoint import check_checkpoint, check_fits_data, check_fits_model
+from lmsleep.utils.config import check_required
 
 log = logging.getLogger("lmsleep")
 
@@ -42,6 +43,7 @@ def train(cfg: DictConfig, overrides: list[str] | None = None) -> tuple[dict[str
         the metrics (``train/...``, ``val/...``, ``test/...``, ``test_final/...``) and the objects built
         (trainer, model, data).
     """
+    check_required(cfg)  # a required setting left out (``???``) fails before any work
     resume = check_checkpoint(cfg.get("ckpt_path"))  # a bad resume path fails before any work
     if resume is not None:
         _keep_earlier_csv_logs(cfg, int(resume.get("global_step", 0)))

@@ -33,11 +33,10 @@ def shrink(cfg) -> None:
 
 
 def needs_model_folder(group: str, name: str) -> bool:
-    """Configs for a pretrained model: a recipe whose ``model.net.path`` is required (``???``) or data read
-    with the model folder's tokenizer. tests/hf/test_recipes.py runs them with a saved tiny model."""
+    """Configs for a pretrained model: a recipe that requires ``model.net.path`` or data read with the model
+    folder's tokenizer. tests/hf/test_recipes.py runs them with a saved tiny model."""
     conf = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
-    net = OmegaConf.select(conf, "model.net")
-    return (net is not None and OmegaConf.is_missing(net, "path")) or "tokenizer" in (conf.get("task") or {})
+    return "model.net.path" in (conf.get("required") or []) or "tokenizer" in (conf.get("task") or {})
 
 
 def is_text(target: str) -> bool:

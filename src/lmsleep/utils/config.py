@@ -76,6 +76,28 @@ def with_current_names(args: list[str], notice: bool = True) -> list[str]:
     return out
 
 
+# What to pass for a setting a config lists as `required`, for the one-line error of check_required.
+REQUIRED_HINTS = {
+    "model.net.path": "DIR (a model folder written by save_pretrained or a hub download you made; lmsleep "
+    "downloads nothing)",
+}
+
+
+def check_required(cfg: DictConfig) -> None:
+    """The settings a config lists under ``required`` (``required: [model.net.path]``, e.g. the model folder of
+    a pretrained recipe) are set: one left null stops the run before any work, with one line that names it and
+    what to pass. (A list, not ``???``: Hydra keeps a value that a config group set when a later config merges
+    ``???`` onto it.)"""
+    missing = []
+    for key in cfg.get("required") or []:
+        value = OmegaConf.select(cfg, str(key), throw_on_missing=False, throw_on_resolution_failure=False)
+        if value is None or value == "":
+            missing.append(str(key))
+    if missing:
+        wanted = "; ".join(f"pass {key}={REQUIRED_HINTS.get(key, 'VALUE')}" for key in missing)
+        raise ConfigError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: {wanted}")
+
+
 def per_device_batch(global_batch: int, devices: Any, num_nodes: Any = 1) -> int:
     """``${per_device_batch:<global>,${trainer.devices},${trainer.num_nodes}}``: the per-device batch that
     makes a global batch across all ranks (Lightning's ``data.batch_size`` is per device under DDP).
