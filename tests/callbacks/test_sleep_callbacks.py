@@ -12,9 +12,9 @@ import torch
 import lmsleep.run
 import lmsleep.train
 from lmsleep.callbacks import SleepSchedule
-from lmsleep.callbacks.sleep_schedule import parameter_group
 from lmsleep.lit import LitLM
 from lmsleep.models import SleepConfig
+from lmsleep.models.hybrid import parameter_group
 from tests.support import compose_config
 from tests.support.models import TINY_HYBRID, StepRecorder, group_of, make_model, random_ids
 

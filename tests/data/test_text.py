@@ -177,6 +177,7 @@ def test_tokenizers_file_tokenises_and_counts_bytes(corpus, tmp_path):
     assert own.eod_id == 0 and own.vocab_size == tok.vocab_size - 1
     with pytest.raises(ValueError, match=r"data.eod_token='<nope>' is not a token of"):
         load_tokenizer(str(path), eod_token="<nope>")
+    assert load_tokenizer(str(tmp_path)).to_dict() == tok.to_dict()  # a (model) folder holding it
     # the module carries each label's bytes: they sum to the bytes of the documents (and one per <eod>)
     dm = TextDataModule(paths=[str(root)], tokenizer=str(path), seq_len=8, pack=False, **SHARES)
     assert dm.vocab_size == tok.vocab_size
@@ -227,6 +228,7 @@ def test_jsonl_prompt_answer_masks_the_prompt(tmp_path):
         ({"format": "csv"}, r"data.format='csv' is not one of \['text', 'jsonl'\]"),
         ({"tokenizer": "{root}/missing.json"}, r"data.tokenizer=\S*missing.json is not a file"),
         ({"tokenizer": "{root}/sub/doc01.txt"}, r"is not a tokenizer file the `tokenizers` library reads"),
+        ({"tokenizer": "{root}/sub"}, r"data.tokenizer=\S*sub is a folder without a tokenizer.json"),
     ],
 )
 def test_bad_input_is_a_one_line_error(corpus, kwargs, message):

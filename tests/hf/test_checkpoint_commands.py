@@ -23,7 +23,8 @@ from lmsleep.train import train  # noqa: E402
 from tests.support import compose_config  # noqa: E402
 
 from .test_lightning import QWEN3_5  # noqa: E402
-from .test_text_task import SMALL, gsm_text_fit, save_word_tokenizer  # noqa: E402
+from .test_text_task import SMALL, gsm_text_fit  # noqa: E402
+from .tiny import save_word_tokenizer  # noqa: E402
 
 
 def save_model_folder(folder, vocab_size: int):
@@ -69,7 +70,7 @@ def test_export_hf_loads_in_transformers_with_the_checkpoints_logits(hf_run, cli
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "exported"
-    args = ["export-hf", f"ckpt_path={hf_run.last}", f"out={out}", "trust_checkpoint=true"]
+    args = ["export-hf", f"ckpt_path={hf_run.last}", f"out={out}"]
     result = cli_in_process(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"wrote the qwen3_5 model \([\d,]+ parameters, float32\) to ", result.stderr)
@@ -105,7 +106,7 @@ def test_cli_generate_equals_streaming_decode_of_the_checkpoint(hf_run, cli, tmp
     from transformers import PreTrainedTokenizerFast
 
     prompt, _ = hf_run.task.render(hf_run.task.sample("test", 1))
-    args = ["max_new_tokens=12", "temperature=0", "trust_checkpoint=true"]
+    args = ["max_new_tokens=12", "temperature=0"]
     result = cli("generate", f"ckpt_path={hf_run.last}", f"prompt={prompt}", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(hf_run.folder / "tokenizer.json"))

@@ -13,20 +13,8 @@ from lmsleep.models.hf import HFSleepLM  # noqa: E402
 from lmsleep.train import train  # noqa: E402
 from lmsleep.utils.config import ConfigError  # noqa: E402
 
-QWEN3_5 = dict(
-    model_type="qwen3_5_text",
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    linear_num_key_heads=1,
-    linear_num_value_heads=2,
-    linear_key_head_dim=16,
-    linear_value_head_dim=16,
-    layer_types=["linear_attention", "full_attention"],
-)
+from .tiny import QWEN3_5  # noqa: E402
+
 TINY = [
     "data=rule110",
     "data.task.width=4",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -83,6 +84,24 @@ CONFIGS = {
 }
 HYBRIDS = ("qwen3_5", "nemotron_h", "bamba")
 
+# The smallest models the Lightning fits run: hidden 32, one Gated DeltaNet and one attention layer.
+QWEN3_5 = dict(
+    model_type="qwen3_5_text",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    linear_num_key_heads=1,
+    linear_num_value_heads=2,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    layer_types=["linear_attention", "full_attention"],
+)
+# The GSM-style task at the size of the text-task tests: 1-2 operations in 90-100 tokens, windows of 32.
+GSM_SMALL = dict(ops=[1, 2], context_tokens=[90, 100], window=32)
+
 
 def tiny(family: str, seed: int = 0, **kwargs):
     """An :class:`HFSleepLM` around a random fp32 model of ``family``, in eval mode.
@@ -107,3 +126,21 @@ def hf_logits(model, input_ids: torch.Tensor | None, **kwargs) -> torch.Tensor:
         kwargs["input_ids"] = input_ids
     with torch_ops_on_cpu(model._op_modules, True):
         return model.hf(**kwargs).logits
+
+
+def save_word_tokenizer(folder: Path) -> Path:
+    """A word-level ``tokenizer.json`` in ``folder`` over the GSM-style task's words, numbers split into digits
+    (so answers take one or two tokens); returns the folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from lmsleep.data.gsm_inf import GSMInfTask
+
+    words = GSMInfTask(**GSM_SMALL).vocab.tokens[1:]
+    vocab = {w: i for i, w in enumerate(["[UNK]", *(w for w in words if not w.isdigit()), *"0123456789"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder

@@ -10,31 +10,14 @@ from typing import Any
 import lightning as L
 from lightning import Callback
 
+from lmsleep.models.groups import GROUPS, groups_of
 from lmsleep.models.sleep import SleepConfig
+from lmsleep.utils.config import ConfigError
 
 log = logging.getLogger("lmsleep")
 
 MODES = ("constant", "ramp", "stages")
 SETTINGS = ("passes", "window", "eviction", "grad_passes", "tbptt_windows", "state_mode")
-# Parameter groups a stage can name in ``train``/``freeze``; anything else is an fnmatch pattern on names.
-GROUPS = ("embed", "head", "norm", "attn", "ssm", "mlp", "all")
-
-
-def parameter_group(name: str, kinds: list[str]) -> set[str]:
-    """The groups a parameter of :class:`HybridLM` belongs to, from its name (``blocks.3.mixer.qkv.weight``)."""
-    groups = {"all"}
-    parts = name.split(".")
-    if parts[0] in ("embed", "head"):
-        groups.add(parts[0])
-    if "norm" in name and "out_norm" not in name:
-        groups.add("norm")
-    if parts[0] == "blocks":
-        kind = kinds[int(parts[1])]
-        if parts[2] == "mixer":
-            groups.add(kind)
-        elif parts[2] == "mlp":
-            groups.add("mlp")
-    return groups
 
 
 class SleepSchedule(Callback):
@@ -46,9 +29,12 @@ class SleepSchedule(Callback):
             (rounded to an int), other ``settings`` constant.
         ``stages``: a list of ``{at: <step or epoch>, <setting>: value, train: [groups], freeze: [groups]}``;
             each stage holds from its ``at`` until the next, and a setting it names holds until a later stage
-            names it again. Groups are ``embed, head, norm, attn, ssm, mlp,
-            all`` or fnmatch patterns on parameter names. The paper's recipe: an SSM-only warm-up under hard
-            eviction (``{at: 0, eviction: hard, train: [ssm]}``), then the full model (``{at: 2000, train: [all]}``).
+            names it again. Groups are ``embed, head, norm, attn, ssm, mlp, all``
+            (:mod:`lmsleep.models.groups`: the model says which parameters each holds, for
+            :class:`~lmsleep.models.HybridLM` and a wrapped transformers model alike) or fnmatch patterns on
+            parameter names; an entry that is neither stops the run at setup. The paper's recipe: an SSM-only
+            warm-up under hard eviction (``{at: 0, eviction: hard, train: [ssm]}``), then the full model
+            (``{at: 2000, train: [all]}``).
 
     The schedule is a pure function of the step (or epoch), so a resumed run continues it exactly. Under DDP,
     freezing parameters needs ``trainer.strategy=ddp_find_unused_parameters_true``.
@@ -132,14 +118,27 @@ class SleepSchedule(Callback):
         self.applied = {"t": t, "stage": stage, **settings}
 
     @staticmethod
-    def _set_trainable(pl_module: L.LightningModule, stage: dict[str, Any]) -> None:
+    def _check_names(net: Any, groups: dict[str, set[str]], stages: list[dict[str, Any]]) -> None:
+        """Every ``train``/``freeze`` entry is a group or a pattern that matches some parameter name: a typo
+        (``train: [sssm]``) would otherwise freeze or train nothing without a word."""
+        for i, stage in enumerate(stages):
+            for entry in [*stage.get("train", []), *stage.get("freeze", [])]:
+                if entry in GROUPS or any(fnmatch.fnmatch(name, entry) for name in groups):
+                    continue
+                raise ConfigError(
+                    f"SleepSchedule stage {i}: {entry!r} is not a parameter group ({', '.join(GROUPS)}) and matches "
+                    f"no parameter name of {type(net).__name__} (patterns are fnmatch, e.g. 'blocks.3.*')"
+                )
+
+    @classmethod
+    def _set_trainable(cls, pl_module: L.LightningModule, stage: dict[str, Any]) -> None:
         train, freeze = list(stage.get("train", ["all"])), list(stage.get("freeze", []))
         net = pl_module.net
-        kinds = getattr(net, "kinds", [])
+        groups = groups_of(net)  # the model says which of its parameters each group holds
+        cls._check_names(net, groups, [{"train": train, "freeze": freeze}])
 
-        def matches(name: str, groups: list[str]) -> bool:
-            own = parameter_group(name, kinds)
-            return any(g in own or fnmatch.fnmatch(name, g) for g in groups)
+        def matches(name: str, names: list[str]) -> bool:
+            return any(g in groups[name] or fnmatch.fnmatch(name, g) for g in names)
 
         trainable = 0
         for name, p in net.named_parameters():
@@ -148,6 +147,11 @@ class SleepSchedule(Callback):
         if trainable == 0:
             raise ValueError(f"SleepSchedule stage {stage} leaves no trainable parameter")
         log.info(f"SleepSchedule stage {stage}: {trainable} trainable parameters")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # before any step (and before the sanity check): a stage naming nothing of this model stops the run
+        if self.mode == "stages":
+            self._check_names(pl_module.net, groups_of(pl_module.net), self.stages)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply(trainer, pl_module)

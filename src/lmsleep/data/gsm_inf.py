@@ -199,6 +199,11 @@ class GSMInfTask(Task):
     def max_length(self) -> int:
         return QUESTION_TOKENS + self.context_tokens[1] + len(ANSWER_PROMPT)
 
+    def length(self, words: list[str]) -> int:
+        """What ``words`` take of ``context_tokens``: one token per word here (the task's own vocabulary);
+        :class:`lmsleep.data.gsm_inf_text.GSMInfTextTask` counts a tokenizer's tokens instead."""
+        return len(words)
+
     @property
     def depths(self) -> list[int]:
         return list(range(self.ops[0], self.ops[1] + 1))
@@ -296,10 +301,13 @@ class GSMInfTask(Task):
     def _add_distractors(
         self, rng: random.Random, room: int, names: list[str], program: Program, values: Values
     ) -> None:
-        """Fresh statements until less than the shortest one fits in ``room`` tokens (or names run out)."""
+        """Fresh statements until less than the shortest one fits in ``room`` tokens (or names run out).
+
+        A kind's size in words is a lower bound of its :meth:`length`; a statement longer than the room left
+        (only where lengths count another tokenizer's tokens) is taken back and ends the context."""
         defined = list(values)
         while names and room >= MIN_STATEMENT_TOKENS:
-            kind, size = rng.choice([(k, s) for k, s in DISTRACTOR_KINDS if s <= room])
+            kind, _ = rng.choice([(k, s) for k, s in DISTRACTOR_KINDS if s <= room])
             name = names.pop()
             if kind == "constant":
                 self._constant(rng, program, values, name)
@@ -308,6 +316,11 @@ class GSMInfTask(Task):
                 refs = rng.sample(defined, 1 if kind == "one_ref" else 2)
                 args: list[Arg | None] = [refs[0], None if kind == "one_ref" else refs[1]]
                 self._define(rng, program, values, name, args)
+            size = self.length(statement_words(program[-1]))
+            if size > room:
+                program.pop()
+                del values[name]
+                return
             defined.append(name)
             room -= size
 
@@ -321,7 +334,7 @@ class GSMInfTask(Task):
         program: list[dict[str, Any]] = []
         values: dict[str, int] = {}
         target = self._answer_program(rng, ops, names, program, values)
-        used = sum(len(statement_words(s)) for s in program)
+        used = sum(self.length(statement_words(s)) for s in program)
         self._add_distractors(rng, length - used, names, program, values)
         rng.shuffle(program)
         context = " ".join(" ".join(statement_words(s)) for s in program)

@@ -1,5 +1,5 @@
 """Tokenizers of the text data (docs/text.md): UTF-8 bytes by default, or any file the ``tokenizers`` library
-reads (``data.tokenizer=path/to/tokenizer.json``).
+reads (``data.tokenizer=path/to/tokenizer.json``, or a model folder holding one).
 
 Both encode a document to token ids ``[n]`` (int32) and say how many bytes of the UTF-8 text each token
 stands for, which bits per byte divide by. Both add two ids of their own: ``<pad>`` (never a target) and
@@ -142,7 +142,8 @@ def _tokenizers_module():
 def load_tokenizer(
     path: str | None = None, eod_token: str | None = None
 ) -> ByteTokenizer | TokenizersTokenizer:
-    """Bytes when ``path`` is None, else the ``tokenizers`` file at ``path`` (imported only then)."""
+    """Bytes when ``path`` is None, else the ``tokenizers`` file at ``path``, or the ``tokenizer.json`` in the
+    folder ``path`` (a pretrained model's; ``tokenizers`` is imported only then)."""
     if path is None or str(path) in ("", "bytes"):
         if eod_token is not None:
             raise ValueError(
@@ -153,10 +154,18 @@ def load_tokenizer(
     from pathlib import Path
 
     file = Path(str(path)).expanduser()
+    if file.is_dir():  # a model folder (save_pretrained, a hub download): its fast tokenizer's file
+        if not (file / "tokenizer.json").is_file():
+            raise ValueError(
+                f"data.tokenizer={path} is a folder without a tokenizer.json (a transformers model folder has "
+                "one when its tokenizer is a fast one); pass a folder with one, the file itself, or "
+                "data.tokenizer=null for bytes"
+            )
+        file = file / "tokenizer.json"
     if not file.is_file():
         raise ValueError(
-            f"data.tokenizer={path} is not a file; pass a tokenizer.json the `tokenizers` library reads, or "
-            "data.tokenizer=null for bytes"
+            f"data.tokenizer={path} is not a file; pass a tokenizer.json the `tokenizers` library reads (or a "
+            "model folder holding one), or data.tokenizer=null for bytes"
         )
     tokenizers = _tokenizers_module()
     try:

@@ -42,6 +42,25 @@ def parse_layout(layout: str | Sequence[str]) -> list[str]:
     return kinds
 
 
+def parameter_group(name: str, kinds: Sequence[str]) -> set[str]:
+    """The groups (:mod:`lmsleep.models.groups`) of a :class:`HybridLM` parameter, from its name
+    (``blocks.3.mixer.qkv.weight``) and the block kinds: a mixer's parameters are in its kind's group
+    (``attn`` or ``ssm``), the pre-norms in ``norm`` (a mixer's own ``out_norm`` stays with the mixer)."""
+    groups = {"all"}
+    parts = name.split(".")
+    if parts[0] in ("embed", "head"):
+        groups.add(parts[0])
+    if "norm" in name and "out_norm" not in name:
+        groups.add("norm")
+    if parts[0] == "blocks":
+        kind = kinds[int(parts[1])]
+        if parts[2] == "mixer":
+            groups.add(kind)
+        elif parts[2] == "mlp":
+            groups.add("mlp")
+    return groups
+
+
 def parse_loop(loop: str | Sequence[int] | None, depth: int) -> range:
     """Which blocks sleep loops: ``all`` (default), ``middle`` (the middle half), ``"a:b"`` or ``[a, b]``."""
     if loop is None or loop == "all":
@@ -129,6 +148,10 @@ class HybridLM(nn.Module):
     @property
     def has_fast_weights(self) -> bool:
         return any(k != "attn" for k in self.kinds)
+
+    def parameter_groups(self) -> dict[str, set[str]]:
+        """Every parameter name -> its groups (:mod:`lmsleep.models.groups`, :func:`parameter_group`)."""
+        return {name: parameter_group(name, self.kinds) for name, _ in self.named_parameters()}
 
     def init_state(self, batch_size: int) -> ModelState:
         """Empty per-sequence state (zero fast weights, no KV) for a batch."""

@@ -41,8 +41,8 @@ class ConfigError(ValueError):
 REQUIRED = "${lmsleep.required:"
 
 
-def _required(hint: str = "") -> Any:
-    raise ConfigError(f"a required setting was not given ({hint}); pass it on the command line")
+def _required(*hint: str) -> Any:
+    raise ConfigError(f"a required setting was not given ({', '.join(hint)}); pass it on the command line")
 
 
 # ``key: ${lmsleep.required:what to pass}`` in a recipe marks a value the user must give (a model folder, a
@@ -221,16 +221,8 @@ def missing_keys(node: Any, prefix: str = "") -> list[tuple[str, str]]:
         elif isinstance(child, DictConfig):
             found += missing_keys(child, name + ".")
         elif isinstance(value, str) and value.startswith(REQUIRED) and value.endswith("}"):
-            found.append((name, value[len(REQUIRED) : -1].strip()))
+            found.append((name, value[len(REQUIRED) : -1].strip().strip("'\"")))
     return found
-
-
-def _experiment_choice() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return HydraConfig.get().runtime.choices.get("experiment")
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -239,10 +231,9 @@ def check_required(cfg: DictConfig) -> None:
     work, not as a confusing failure later."""
     missing = missing_keys(cfg)
     if missing:
-        choice = _experiment_choice()
-        where = f"experiment={choice}" if choice else "this config"
-        wanted = "; ".join(f"{key}=<{hint or 'a value'}>" for key, hint in missing)
-        raise ConfigError(f"{where} needs a value for {', '.join(k for k, _ in missing)}: add {wanted}")
+        wanted = "; ".join(f"pass {key}={hint or 'VALUE'}" for key, hint in missing)
+        keys = ", ".join(key for key, _ in missing)
+        raise ConfigError(f"{keys} {'is' if len(missing) == 1 else 'are'} required: {wanted}")
 
 
 def check_trainer(cfg: DictConfig) -> None:

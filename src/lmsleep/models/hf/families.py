@@ -26,6 +26,24 @@ LAYER_KINDS = {
     "moe": STATELESS,
 }
 
+# Parameter groups (lmsleep.models.groups) of each kind's mixer, and of the parts of a decoder layer by their
+# attribute name in the supported families: MIXER is the layer's mixer, whose group follows the layer's kind
+# (Nemotron-H's `mixer` is attention, Mamba-2 or an MLP); a part named nowhere here has no group.
+KIND_GROUPS = {ATTN: "attn", LINEAR: "ssm", STATELESS: "mlp"}
+MIXER = "mixer"
+LAYER_PARTS = {
+    "self_attn": MIXER,  # qwen3_5, bamba, qwen3, llama attention
+    "linear_attn": MIXER,  # qwen3_5 Gated DeltaNet
+    "mamba": MIXER,  # bamba Mamba-2
+    "mixer": MIXER,  # nemotron_h: every layer's one mixer
+    "mlp": "mlp",
+    "feed_forward": "mlp",  # bamba
+    "input_layernorm": "norm",
+    "post_attention_layernorm": "norm",
+    "pre_ff_layernorm": "norm",  # bamba
+    "norm": "norm",  # nemotron_h
+}
+
 
 @dataclass(frozen=True)
 class Family:

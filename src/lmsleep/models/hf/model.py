@@ -30,7 +30,17 @@ from torch import nn
 
 from lmsleep.layers.attention import Attention
 from lmsleep.models.hf.cache import HFKV, KeyRotation, WindowCache
-from lmsleep.models.hf.families import ATTN, LINEAR, STATELESS, family_of, layer_kinds, native_sliding_window
+from lmsleep.models.hf.families import (
+    ATTN,
+    KIND_GROUPS,
+    LAYER_PARTS,
+    LINEAR,
+    MIXER,
+    STATELESS,
+    family_of,
+    layer_kinds,
+    native_sliding_window,
+)
 from lmsleep.models.hf.insert import FastWeightBlock, parse_insert
 from lmsleep.models.hf.kernels import _fallback_ops, modeling_modules, torch_ops_on_cpu
 from lmsleep.models.hybrid import parse_loop
@@ -166,6 +176,39 @@ class HFSleepLM(nn.Module):
         :func:`lmsleep.lit.optim.split_parameters` gives them to AdamW, not Muon."""
         weights = [self.hf.get_input_embeddings().weight, self.hf.get_output_embeddings().weight]
         return list({id(w): w for w in weights}.values())
+
+    def parameter_groups(self) -> dict[str, set[str]]:
+        """Every parameter name -> its groups (:mod:`lmsleep.models.groups`), found by module, not by name:
+        ``ssm`` holds the inserted blocks (their norm too: the block is new as a whole) and the wrapped
+        hybrid's own linear / Mamba-2 mixers, ``attn`` its attention mixers, ``mlp`` its MLP / MoE blocks,
+        ``norm`` the layers' pre-norms and the final norm (norms inside a mixer stay with the mixer), ``embed``
+        and ``head`` the embedding and the LM head (a tied one is in both)."""
+        own: dict[int, set[str]] = {}
+
+        def add(module: nn.Module, *groups: str) -> None:
+            for p in module.parameters():
+                own.setdefault(id(p), set()).update(groups)
+
+        add(self.hf.get_input_embeddings(), "embed")
+        add(self.hf.get_output_embeddings(), "head")
+        add(getattr(self.hf.model, self.family.final_norm), "norm")
+        for block in self.blocks:
+            if block.kind == INSERTED:
+                add(block.module, "ssm")
+                add(block.module.norm, "norm")
+                continue
+            for name, _ in block.module.named_parameters():
+                part = name.split(".")[0]
+                if part not in LAYER_PARTS:
+                    raise ConfigError(
+                        f"model=hf: {type(block.module).__name__}.{part} (decoder layer {block.index}) has no "
+                        "parameter group; add its attribute name to LAYER_PARTS in lmsleep/models/hf/families.py"
+                    )
+            for part, module in block.module.named_children():
+                group = LAYER_PARTS.get(part)
+                if group is not None:
+                    add(module, KIND_GROUPS[block.kind] if group == MIXER else group)
+        return {name: {"all", *own.get(id(p), ())} for name, p in self.named_parameters()}
 
     def init_state(self, batch_size: int) -> ModelState:
         """Empty per-sequence state (no KV, zero fast weights) for a batch."""
