@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmsleep.data.tokenizer import tokenizer_from_dict
 from lmsleep.utils.checkpoint import check_checkpoint, check_fits_model
-from lmsleep.utils.config import ConfigError, build, build_data_and_model
+from lmsleep.utils.config import ConfigError, build, build_data_and_model, check_kernel_backend
 
 TEXT_STATE = "TextDataModule"  # the key Lightning saves the text DataModule's state (its tokenizer) under
 HF_TARGET = "lmsleep.models.hf.from_hf"  # model=hf's net
@@ -54,7 +54,9 @@ def text_tokenizer(ckpt: dict[str, Any]) -> Any | None:
 def load_trained_model(cfg: DictConfig, ckpt: dict[str, Any]) -> Any:
     """The trained LightningModule of ``ckpt`` (eval mode, on ``cfg.device``, default cpu): built from ``cfg``
     with the vocabulary size of the run (a text run's tokenizer, else the rebuilt data's), its weights checked
-    against the checkpoint's names and shapes, then loaded."""
+    against the checkpoint's names and shapes, then loaded. A kernel backend that cannot run here stops first,
+    as in ``fit`` and ``test``."""
+    check_kernel_backend(cfg)
     tokenizer = text_tokenizer(ckpt)
     if tokenizer is not None:
         with open_dict(cfg):

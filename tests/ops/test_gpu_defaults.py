@@ -86,3 +86,16 @@ def test_submodule_imports_when_its_package_init_fails(tmp_path, monkeypatch):
     finally:
         for name in [m for m in sys.modules if m.split(".")[0] == "broken_pkg_for_lmsleep"]:
             del sys.modules[name]
+
+
+def test_generate_and_export_stop_on_a_kernel_backend_that_cannot_run(compose, kernels):
+    """The checkpoint commands rebuild the model through ``restore.load_trained_model``: the same check, before
+    the checkpoint is read."""
+    from lmsleep.restore import load_trained_model
+
+    kernels("gated_delta_rule", lambda *a, **k: None)  # importable, but there is no GPU to run it on
+    cfg = compose(["model=hybrid", "model.net.ssm.backend=fla", "ckpt_path=unused.ckpt"], "generate")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the kernel could run")
+    with pytest.raises(ConfigError, match="is a GPU kernel and this run has no CUDA device"):
+        load_trained_model(cfg, {})
