@@ -121,6 +121,15 @@ def test_results_notebook_draws_a_study_from_its_raw_files(
         (["model.sleep.eviction=hard"], "t transformer (hard eviction)"),
         (["model=hybrid", "model.sleep.passes=2"], "t hybrid N=2"),  # hard: a hybrid's default, unsaid
         (["model=hybrid", "model.sleep.eviction=sliding"], "t hybrid N=1 (sliding)"),
+        # a wrapped transformers model: its folder's name (or config's model_type), any inserted blocks
+        (
+            ["model=hf", "model.net.path=/models/Qwen3.5-0.8B", "model.sleep.passes=4"],
+            "t hf Qwen3.5-0.8B N=4",
+        ),
+        (
+            ["model=hf", "model.net.config={model_type:qwen3}", "model.net.insert=[1]"],
+            "t hf qwen3 +inserted N=1",
+        ),
     ],
 )
 def test_labels_name_the_model_passes_and_eviction(compose, tiny, tmp_path, overrides, label):
@@ -128,7 +137,8 @@ def test_labels_name_the_model_passes_and_eviction(compose, tiny, tmp_path, over
 
     from lmsleep.reporting.report import run_settings
 
-    cfg = compose([*tiny, "task_name=t", *overrides], "fit", tmp_path / "run")
+    sizes = [] if "model=hf" in overrides else tiny  # a wrapped model has its own sizes
+    cfg = compose([*sizes, "task_name=t", *overrides], "fit", tmp_path / "run")
     # as a run folder's config.yaml holds it
     assert run_settings(OmegaConf.to_container(cfg, resolve=True))["label"] == label
 

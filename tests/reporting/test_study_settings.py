@@ -87,3 +87,16 @@ def test_a_raw_file_from_before_is_a_cosine_run_and_its_other_settings_unknown(t
     # alone (every committed study today), its label is what it always was
     (tmp_path / "new.json").unlink()
     assert list(load_raw(tmp_path)) == ["d hybrid N=1"]
+
+
+def test_a_wrapped_model_records_its_folder_loop_and_inserted_rule(compose):
+    from lmsleep.reporting.report import run_settings
+
+    cfg = compose(
+        ["model=hf", "model.net.config={model_type:qwen3}", "model.net.insert=[1]", "model.net.loop=middle"]
+    )
+    settings = run_settings(OmegaConf.to_container(cfg, resolve=True))["settings"]
+    assert settings["hf"]["config"] == {"model_type": "qwen3"} and settings["hf"]["insert"] == [1]
+    assert settings["loop"] == "middle" and settings["rule"] == "gated_delta"
+    plain = compose(["model=hf", "model.net.path=/models/q"])
+    assert run_settings(OmegaConf.to_container(plain, resolve=True))["settings"]["rule"] is None

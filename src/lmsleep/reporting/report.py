@@ -56,11 +56,22 @@ TEXT_SETTINGS = ("paths", "glob", "exclude", "format", "tokenizer", "seq_len", "
 
 
 # --- step 1: run folders -> raw files -----------------------------------------------------------------------
+def model_kind(net: dict[str, Any]) -> str:
+    """``transformer``, ``hybrid``, or for a wrapped transformers model (``model=hf``) ``hf <its folder's name
+    or config's model_type>``, with ``+inserted`` where fast-weight blocks were inserted (the Ouro recipe)."""
+    if str(net.get("_target_", "")).endswith(".from_hf"):
+        source = (
+            Path(str(net["path"])).name if net.get("path") else (net.get("config") or {}).get("model_type")
+        )
+        return f"hf {source}" + (" +inserted" if net.get("insert") else "")
+    return "transformer" if "ssm" not in str(net.get("layout", "")) else "hybrid"
+
+
 def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that identify a configuration (everything a seed does not change) and its label."""
     model, sleep = cfg["model"]["net"], cfg["model"].get("sleep", {})
     layout = model.get("layout", "")
-    kind = "transformer" if "ssm" not in str(layout) else "hybrid"
+    kind = model_kind(model)
     data = cfg["data"]
     devices = cfg["trainer"].get("devices", 1)
     world = (devices if isinstance(devices, int) else len(devices)) * int(cfg["trainer"].get("num_nodes", 1))
@@ -84,8 +95,10 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         "max_steps": cfg["trainer"].get("max_steps"),
         "data": data_settings,
     }
+    if kind.startswith("hf "):  # the wrapped model: its folder or config, and any inserted blocks
+        settings["hf"] = {k: model.get(k) for k in ("path", "config", "insert", "insert_ssm", "loop")}
     settings.update(run_hparams(cfg, settings["tokens_per_step"]))  # learning rates, schedule, clipping, ...
-    label = f"{settings['task_name']} {kind}" + (f" N={settings['passes']}" if kind == "hybrid" else "")
+    label = f"{settings['task_name']} {kind}" + (f" N={settings['passes']}" if kind != "transformer" else "")
     # hard eviction is a hybrid's default and goes unsaid; a transformer's default is none
     evictions = {"none": " (no eviction)", "sliding": " (sliding)"}
     if kind == "transformer":

@@ -60,7 +60,10 @@ def run_hparams(cfg: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
     optim = {**_defaults(OptimConfig), **(model.get("optim") or {})}
     sleep = {**_defaults(SleepConfig), **(model.get("sleep") or {})}
     net = model.get("net") or {}
-    hybrid = "ssm" in str(net.get("layout", ""))
+    hf = str(net.get("_target_", "")).endswith(
+        ".from_hf"
+    )  # model=hf: its own linear layers, or inserted ones
+    hybrid = "ssm" in str(net.get("layout", "")) or hf
     max_steps = trainer.get("max_steps")
     steps = max_steps if isinstance(max_steps, int) and max_steps > 0 else None  # -1: epochs decide
     accumulate = int(trainer.get("accumulate_grad_batches", 1) or 1)
@@ -75,7 +78,10 @@ def run_hparams(cfg: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
         "state_mode": sleep.get("state_mode"),
         # the fast-weight settings of a model without fast-weight layers say nothing
         "loop": net.get("loop", "all") if hybrid else None,
-        "rule": (net.get("ssm") or {}).get("rule", "gated_delta") if hybrid else None,
+        # lmsleep's own fast-weight layers: the hybrid's, or those inserted into a wrapped model
+        "rule": ((net.get("insert_ssm") if hf else net.get("ssm")) or {}).get("rule", "gated_delta")
+        if hybrid and (not hf or net.get("insert"))
+        else None,
         "token_budget": steps * tokens_per_step if steps else None,
     }
     return values
