@@ -66,3 +66,16 @@ def test_fit_from_a_model_folder_and_a_too_small_vocabulary(compose_fit, one_thr
     assert objects["model"].net.hf.config.vocab_size == 64 and "test/loss" in metrics
     with pytest.raises(ConfigError, match="token ids but the model only 3"):
         train(compose_fit(*TINY, f"model.net.path={tmp_path / 'small'}"))
+
+
+def test_a_model_folder_loads_in_train_mode(tmp_path):
+    """transformers' from_pretrained returns an eval-mode model; from_hf gives it back in train mode, as any
+    freshly built module, so Lightning does not train with dropout off."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lmsleep.models.hf import from_hf
+
+    fields = dict(QWEN3_5)
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=16)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    assert all(m.training for m in from_hf(path=tmp_path).modules())

@@ -128,4 +128,6 @@ def from_hf(
             f"the data has {vocab_size} token ids but the model only {model_vocab}; "
             "tokenise the data with the model's own tokenizer"
         )
-    return HFSleepLM(hf, loop=loop, insert=insert, insert_ssm=insert_ssm)
+    # from_pretrained hands the model back in eval mode; an nn.Module starts in train mode, and Lightning keeps
+    # the modes it finds (dropout would stay off in training)
+    return HFSleepLM(hf, loop=loop, insert=insert, insert_ssm=insert_ssm).train()
