@@ -79,3 +79,33 @@ def test_a_model_folder_loads_in_train_mode(tmp_path):
     config = AutoConfig.for_model(fields.pop("model_type"), **fields, vocab_size=16)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     assert all(m.training for m in from_hf(path=tmp_path).modules())
+
+
+def test_a_model_from_a_config_gets_decays_that_remember():
+    """``decay_init=mamba2`` (the default for a config): log decays per token in [-1.6, -0.001], so what a
+    window wrote reaches the next and a sleep pass moves later windows' logits; transformers' own init
+    (dt_bias = 1) is kept with ``decay_init=transformers``."""
+    import torch.nn.functional as F
+
+    from lmsleep.models import SleepConfig
+    from lmsleep.models.hf import from_hf
+
+    ids = torch.randint(0, 32, (1, 48), generator=torch.Generator().manual_seed(0))
+    hard = dict(window=16, eviction="hard")
+    for decay_init, remembers in (("mamba2", True), ("transformers", False)):  # remembers: the init's ranges
+        torch.manual_seed(0)
+        model = from_hf(config=QWEN3_5, vocab_size=32, decay_init=decay_init).eval()
+        layer = next(m for m in model.modules() if hasattr(m, "dt_bias"))
+        log_decay = -layer.A_log.exp() * F.softplus(layer.dt_bias)
+        if remembers:
+            assert log_decay.min() >= -1.6 and log_decay.max() <= -1e-3
+        else:
+            assert torch.equal(layer.dt_bias, torch.ones_like(layer.dt_bias))
+        if remembers:
+            with torch.no_grad():
+                one = model(ids, SleepConfig(passes=1, **hard))[0]
+                two = model(ids, SleepConfig(passes=2, **hard))[0]
+            assert torch.equal(one[:, :16], two[:, :16])  # the first window is the wake pass alone
+            assert (one[:, 16:] - two[:, 16:]).abs().max() > 1e-3 * one.abs().max()
+    with pytest.raises(ConfigError, match="decay_init='fla' is not one of"):
+        from_hf(config=QWEN3_5, decay_init="fla")

@@ -8,6 +8,7 @@ it matters only for a supported family whose folder ships its own code.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,31 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any | N
     return AutoTokenizer.from_pretrained(where, local_files_only=True, **remote)
 
 
+DECAY_INITS = ("mamba2", "transformers")
+
+
+def init_decays(model: torch.nn.Module) -> int:
+    """Re-draw the decay parameters of every linear layer of ``model`` (modules with ``A_log`` and
+    ``dt_bias``: Gated DeltaNet, Mamba-2) as Mamba-2 and flash-linear-attention initialise them, and as
+    lmsleep's own fast-weight layers do: ``A`` uniform in [1, 16], ``dt = softplus(dt_bias)`` log-uniform in
+    [1e-3, 1e-1], so a head's per-token log decay ``-A dt`` starts between -1.6 and -0.001 (a memory of one to
+    thousands of tokens). transformers' Qwen3.5 init sets ``dt_bias = 1``, a log decay of -1.3 A per token
+    with A up to 16: most heads forget within a token, so little crosses a window and a sleep pass changes
+    little until training slows them, which short runs do not (results/pretrained_demo/LOG.md). Returns the
+    layers re-drawn."""
+    count = 0
+    with torch.no_grad():
+        for module in model.modules():
+            A_log, dt_bias = getattr(module, "A_log", None), getattr(module, "dt_bias", None)
+            if not isinstance(A_log, torch.nn.Parameter) or not isinstance(dt_bias, torch.nn.Parameter):
+                continue
+            A_log.copy_(torch.empty_like(A_log, dtype=torch.float32).uniform_(1, 16).log())
+            dt = torch.empty_like(dt_bias, dtype=torch.float32).uniform_(math.log(1e-3), math.log(1e-1)).exp()
+            dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # the inverse of softplus
+            count += 1
+    return count
+
+
 def from_hf(
     path: str | Path | None = None,
     config: dict[str, Any] | None = None,
@@ -113,15 +139,22 @@ def from_hf(
     dtype: str | torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     vocab_size: int | None = None,
+    decay_init: str = "mamba2",
 ) -> HFSleepLM:
     """:class:`HFSleepLM` around :func:`load_hf_model` (arguments as there and as :class:`HFSleepLM`).
 
     ``vocab_size`` is the data's (``model=hf`` fills it in): a ``config`` without one takes it; a loaded
-    model must have at least that many token ids.
+    model must have at least that many token ids. ``decay_init`` applies to a model built from a ``config``
+    (random weights) only: ``mamba2`` re-draws its linear layers' decays (:func:`init_decays`),
+    ``transformers`` keeps transformers' own init. A loaded model keeps its trained weights.
     """
+    if decay_init not in DECAY_INITS:
+        raise ConfigError(f"model.net.decay_init={decay_init!r} is not one of {DECAY_INITS}")
     if config is not None and vocab_size is not None:
         config = {"vocab_size": int(vocab_size), **dict(config)}
     hf = load_hf_model(path, config, trust_remote_code, dtype, attn_implementation)
+    if config is not None and decay_init == "mamba2":
+        init_decays(hf)
     model_vocab = hf.get_input_embeddings().num_embeddings
     if vocab_size is not None and int(vocab_size) > model_vocab:
         raise ConfigError(
