@@ -14,16 +14,12 @@ from safetensors.torch import load_file  # noqa: E402
 from lmsleep.train import train  # noqa: E402
 from lmsleep.utils.config import ConfigError  # noqa: E402
 
+from .tiny import GSM_TEXT_DATA  # noqa: E402
+
 RECIPES = ("gsm_inf_pretrained_sleep", "gsm_inf_pretrained_sleep_sliding")
 # the paper's sizes scaled down to seconds: windows of 32 tokens, 90-100 context tokens, batch 2, 2 steps
 SMALL = [
-    "data.task.ops=[1,2]",
-    "data.task.context_tokens=[90,100]",
-    "data.task.window=32",
-    "data.batch_size=2",
-    "data.train_size=4",
-    "data.val_size=2",
-    "data.test_size=2",
+    *GSM_TEXT_DATA,
     "data.num_workers=0",
     "trainer.max_steps=2",
     "trainer.num_sanity_val_steps=0",
@@ -102,3 +98,18 @@ def test_sliding_recipe_warms_up_the_linear_layers_alone(compose_fit, one_thread
     moved = {name for name, p in net.hf.named_parameters() if not torch.equal(p.detach(), saved[name])}
     linear = {name for name, _ in net.hf.named_parameters() if ".linear_attn." in name}
     assert moved and moved <= linear
+
+
+@pytest.mark.parametrize("name", ["study/pretrained_demo/sleep", "study/pretrained_demo/sleep_inserted"])
+def test_the_demonstrations_fine_tuning_fits_a_saved_model(compose_fit, one_thread, model_dir, name):
+    """results/pretrained_demo's step 2 on the tiny saved Qwen3.5 (the inserted variant inserts into it too),
+    scaled down as the recipes are here; its 180-210 context tokens stay (the tiny tokenizer's words are one
+    token each)."""
+    small = [o for o in SMALL if not o.startswith("data.task.context_tokens")]
+    if name.endswith("inserted"):  # after layers 1 and 3 of the demo's 4; the tiny model has 2
+        small.append("model.net.insert=[1]")
+    metrics, objects = train(
+        compose_fit(f"experiment={name}", f"model.net.path={model_dir}", "model.sleep.passes=2", *small)
+    )
+    assert torch.isfinite(torch.tensor(metrics["test/loss"])) and "test_final/acc_exact" in metrics
+    assert bool(objects["model"].net.inserted) == name.endswith("inserted")

@@ -19,7 +19,7 @@ from lmsleep.utils.config import ConfigError  # noqa: E402
 
 from .test_lightning import config_override  # noqa: E402
 from .tiny import GSM_SMALL as SMALL  # noqa: E402
-from .tiny import QWEN3_5  # noqa: E402
+from .tiny import GSM_TEXT_DATA, QWEN3_5  # noqa: E402
 
 
 @pytest.fixture
@@ -91,13 +91,7 @@ def gsm_text_fit(tokenizer: Path) -> list[str]:
     return [
         "data=gsm_inf_text",
         f"data.task.tokenizer={tokenizer}",
-        "data.task.ops=[1,2]",
-        "data.task.context_tokens=[90,100]",
-        "data.task.window=32",
-        "data.batch_size=2",
-        "data.train_size=4",
-        "data.val_size=2",
-        "data.test_size=2",
+        *GSM_TEXT_DATA,
         "model=hf",
         config_override(QWEN3_5),
         "callbacks=none",

@@ -144,3 +144,15 @@ def save_word_tokenizer(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     return folder
+
+
+# data=gsm_inf_text scaled down to seconds: 1-2 operations, 90-100 context tokens, windows of 32, batch 2
+GSM_TEXT_DATA = [
+    "data.task.ops=[1,2]",
+    "data.task.context_tokens=[90,100]",
+    "data.task.window=32",
+    "data.batch_size=2",
+    "data.train_size=4",
+    "data.val_size=2",
+    "data.test_size=2",
+]
