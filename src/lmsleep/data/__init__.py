@@ -4,6 +4,7 @@
 from lmsleep.data.datamodule import TaskDataModule, TaskDataset, collate
 from lmsleep.data.depo import DepoTask
 from lmsleep.data.gsm_inf import GSMInfTask
+from lmsleep.data.gsm_inf_text import GSMInfTextTask
 from lmsleep.data.rule110 import Rule110Task
 from lmsleep.data.task import IGNORE_INDEX, Task
 from lmsleep.data.text import TextDataModule
@@ -15,6 +16,7 @@ __all__ = [
     "ByteTokenizer",
     "DepoTask",
     "GSMInfTask",
+    "GSMInfTextTask",
     "Rule110Task",
     "Task",
     "TaskDataModule",
