@@ -104,7 +104,11 @@ def test_sliding_recipe_warms_up_the_linear_layers_alone(compose_fit, one_thread
 def test_the_demonstrations_fine_tuning_fits_a_saved_model(compose_fit, one_thread, model_dir, name):
     """results/pretrained_demo's step 2 on the tiny saved Qwen3.5 (the inserted variant inserts into it too),
     scaled down as the recipes are here, its own task settings kept."""
-    small = [o for o in SMALL if not o.startswith(("data.task.context_tokens", "data.task.ops", "data.task.window"))]
+    small = [
+        o
+        for o in SMALL
+        if not o.startswith(("data.task.context_tokens", "data.task.ops", "data.task.window"))
+    ]
     if name.endswith("inserted"):  # after layers 1 and 3 of the demo's 4; the tiny model has 2
         small.append("model.net.insert=[1]")
     metrics, objects = train(
