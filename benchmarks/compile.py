@@ -211,7 +211,11 @@ def main() -> None:
         )
     out = Path(args.out) if args.out else RESULTS / f"compile_{args.experiment}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": machine(), "rows": rows}, indent=1))
+    measured_on = {
+        **machine(),
+        "threads": rows[0]["workers"]["cold"]["threads"],
+    }  # the workers', not this one's
+    out.write_text(json.dumps({"args": vars(args), "machine": measured_on, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

@@ -167,7 +167,6 @@ def cpu_ddp_section(data: dict) -> list[str]:
 
 def compile_section(data: dict) -> list[str]:
     a, m = data["args"], data["machine"]
-    threads = data["rows"][0]["workers"]["cold"]["threads"]  # the workers', set by --threads
     cmd = (
         f"python -m benchmarks.compile --experiment {a['experiment']} --passes "
         + " ".join(map(str, a["passes"]))
@@ -179,7 +178,7 @@ def compile_section(data: dict) -> list[str]:
     lines = [
         f"### `model.compile`: eager against compiled, `experiment={a['experiment']}`",
         "",
-        f"`{cmd}`, on {m['cpu']} ({m['features']}), {threads} thread{'s' if threads > 1 else ''}. For each N and set of targets two "
+        f"`{cmd}`, on {m['cpu']} ({m['features']}), {m['threads']} thread{'s' if m['threads'] > 1 else ''}. For each N and set of targets two "
         "processes share one fresh Inductor cache: compile s as the run logs it (`perf/compile_s`), with the "
         "cache empty (cold) and as the first process left it (warm). Each process then alternates compiled and "
         "eager steps (`torch.compiler.set_stance`): speed-up = the median ratio of an eager step to the compiled "
@@ -236,54 +235,77 @@ def wake_sections(wake: dict) -> list[str]:
     )
 
 
+MARK = "<!-- measured on: {} -->"  # after each section: its machine, for a later write that keeps the section
+
+
+def machine_entry(m: dict) -> str:
+    threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    return f"{m['cpu']} ({m['features']}), {m['cores']} cores; torch {m['torch']}, {threads}"
+
+
+def marked(lines: list[str], entry: str) -> list[str]:
+    """``lines`` (sections, each ending in a blank line) with the mark of ``entry`` at the end of each."""
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("### ") and out and not out[-1]:
+            out.insert(-1, MARK.format(entry))
+        out.append(line)
+    return out[:-1] + [MARK.format(entry), ""] if out and not out[-1] else out
+
+
 def machine_line(recorded: list[dict], kept: list[str] = ()) -> str:
-    """The machine the figures were measured on, as the result files record it (this machine for files
-    written before they did), after ``kept``: the machines of the sections kept from the previous page."""
+    """The machines the figures were measured on: ``kept`` (those of the sections kept from the previous page),
+    then those the result files record (this machine for files written before they did)."""
     lines = list(kept)
     for m in recorded or ([] if kept else [machine()]):
-        line = f"{m['cpu']} ({m['features']}), {m['cores']} cores; torch {m['torch']}, {m['threads']} threads"
-        if line not in lines:
-            lines.append(line)
+        if machine_entry(m) not in lines:
+            lines.append(machine_entry(m))
     return ("Machine: " if len(lines) == 1 else "Machines: ") + "; ".join(lines) + "."
 
 
-def previous_page(path: Path) -> tuple[dict[str, list[str]], list[str]]:
+def previous_page(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """The sections of an existing RESULTS.md (``### title`` -> its lines up to the next heading) and the
-    machines its machine line names."""
+    machines each was measured on: its own mark, else (a page written before the marks) every machine the
+    page's machine line names."""
     if not path.is_file():
-        return {}, []
+        return {}, {}
     sections: dict[str, list[str]] = {}
-    machines: list[str] = []
+    marked: dict[str, list[str]] = {}
+    named: list[str] = []
     current = None
     for line in path.read_text().splitlines():
-        if line.startswith("Machine: ") or line.startswith("Machines: "):
-            named = line.split(": ", 1)[1].removesuffix(".")
+        if line.startswith(("Machine: ", "Machines: ")):
             # entries are "cpu (features), N cores; torch V, T threads", joined by "; "
-            machines = re.split(r"; (?=[^;]*\), \d+ cores)", named)
+            named = re.split(r"; (?=[^;]*\), \d+ cores)", line.split(": ", 1)[1].removesuffix("."))
         if line.startswith("#"):
             current = line[4:] if line.startswith("### ") else None
             if current is not None:
                 sections[current] = []
         if current is not None:
             sections[current].append(line)
+            found = re.fullmatch(MARK.format("(.*)"), line)
+            if found:
+                marked[current] = [found.group(1)]
+    machines = {t: marked.get(t, named) for t in sections}
     return {t: lines + [""] if lines[-1] else lines for t, lines in sections.items()}, machines
 
 
 def main() -> None:
     loaded: list[dict] = []
     previous, previous_machines = previous_page(HERE / "RESULTS.md")
-    kept: list[str] = []
+    kept: list[str] = []  # the machines of the sections kept from the previous page
 
     def section(name: str, titles: tuple[str, ...], render) -> list[str]:
-        """``render(data)`` of ``results/<name>``; without that file, the sections of the previous page whose
-        titles start with one of ``titles``, in that order."""
+        """``render(data)`` of ``results/<name>`` (with its machine's mark); without that file, the sections of
+        the previous page whose titles start with one of ``titles``, in that order."""
         path = RESULTS / name
         data = json.loads(path.read_text()) if path.is_file() else None
         if data:
             loaded.append(data)
-            return render(data)
+            lines = render(data)
+            return marked(lines, machine_entry(data["machine"])) if "machine" in data else lines
         old = [t for prefix in titles for t in previous if t.startswith(prefix)]
-        kept.extend(old)
+        kept.extend(m for t in old for m in previous_machines[t] if m not in kept)
         return [line for t in old for line in previous[t]]
 
     lines = ["## Training step", ""]
@@ -329,7 +351,7 @@ def main() -> None:
         "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
         "in one run (`--against`), never figures from different days.",
         "",
-        machine_line([d["machine"] for d in loaded if "machine" in d], previous_machines if kept else []),
+        machine_line([d["machine"] for d in loaded if "machine" in d], kept),
         "",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(header + lines).rstrip() + "\n")

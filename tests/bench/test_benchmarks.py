@@ -139,7 +139,7 @@ def test_results_page_keeps_the_sections_whose_files_are_absent(tmp_path, monkey
     write_results.main()
     before = (tmp_path / "RESULTS.md").read_text()
     (results / "wake_latency.json").unlink()
-    other = {**MACHINE, "cpu": "Other CPU", "threads": 2}
+    other = {**MACHINE, "cpu": "Other CPU", "threads": 1}
     args = {"experiment": "rule110_sleep", "passes": [1, 2], "targets": ["mlp"], "steps": 20, "warmup": 2}
     data = {
         "args": {**args, "threads": 1},
@@ -162,3 +162,10 @@ def test_results_page_keeps_the_sections_whose_files_are_absent(tmp_path, monkey
     assert "| 2 | mlp | 200 | 210 | 0.95x | 15.0 | 2.5 | 15.4 / 2.9 | 2 | 0 | never (no gain) |" in page
     write_results.main()  # nothing new: the page stays as it is
     assert (tmp_path / "RESULTS.md").read_text() == page
+    # the compile section re-measured elsewhere: its old machine goes, the kept sections' stays
+    (results / "compile_rule110_sleep.json").write_text(
+        json.dumps({**data, "machine": {**other, "cpu": "Third CPU"}})
+    )
+    write_results.main()
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "Other CPU" not in page and "; Third CPU (AVX2), 2 cores; torch 2.13.0+cpu, 1 thread." in page

@@ -44,6 +44,8 @@ TARGETS: dict[str, Callable[[nn.Module], Iterator[tuple[str, nn.Module]]]] = {
     "attn": _mixers(Attention),  # each softmax-attention mixer (projections, rotary, SDPA)
     "ssm": _mixers(FastWeightMixer),  # each fast-weight mixer (its chunked update rule included)
 }
+# What `true` compiles: the parts that paid at experiment=rule110_sleep on a 2-core CPU (the MLPs at N = 1, the
+# fast-weight mixers at N >= 2: 1.13x and 1.16x together); attention did not (benchmarks/RESULTS.md)
 DEFAULT_TARGETS: tuple[str, ...] = ("mlp", "ssm")
 
 
