@@ -90,6 +90,8 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.step_floor --experiment rule110_sleep --passes 1 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
 	$(PY) -m benchmarks.step_floor --experiment depo_sleep --passes 2 --repeats 3 $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
 	$(PY) -m benchmarks.sleep_throughput
+	# one thread: with two, a step on a 2-core machine that other work shares can take 50x its time (benchmarks/compile.py)
+	$(PY) -m benchmarks.compile --experiment rule110_sleep --passes 1 2 --targets mlp,ssm mlp attn ssm --threads 1
 	$(PY) -m benchmarks.write_results
 
 notebooks: $(STAMP)

@@ -282,10 +282,11 @@ def run_worker(
     precision: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    extra: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """Start ``python -m <module> --worker`` for ``args.experiment`` at N = ``n`` with ``tree``'s ``lmsleep``
     (its ``src`` first on ``PYTHONPATH``, this tree's ``benchmarks`` after it, and not the working folder:
-    ``PYTHONSAFEPATH``) in ``tree``, and return its JSON line."""
+    ``PYTHONSAFEPATH``) in ``tree``, and return its JSON line. ``extra``: more of the module's own options."""
     cmd = [sys.executable, "-m", module, "--worker", "--experiment", args.experiment, "--n", str(n)]
     cmd += ["--steps", str(args.steps if steps is None else steps)]
     cmd += ["--warmup", str(args.warmup if warmup is None else warmup)]
@@ -293,6 +294,7 @@ def run_worker(
         cmd += ["--precision", precision or args.precision]
     for o in [*args.override, *overrides]:
         cmd += ["--override", o]
+    cmd += list(extra)
     path = os.pathsep.join([str(tree / "src"), str(ROOT)])
     return run_json(
         cmd, tree, f"{module}, {tree}, N={n}", {"PYTHONPATH": path, "PYTHONSAFEPATH": "1", **(env or {})}

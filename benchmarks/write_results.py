@@ -3,12 +3,16 @@
     python -m benchmarks.write_results          # after `make bench` (which calls it)
 
 The figure of the sleep-throughput study is copied next to RESULTS.md (``benchmarks/figures/``) so the
-committed page shows it; the JSON files themselves stay in the ignored ``results/`` folder.
+committed page shows it; the JSON files themselves stay in the ignored ``results/`` folder. A section whose
+JSON file is not in ``results/`` (a checkout that ran one benchmark, not ``make bench``) keeps its text from
+the current RESULTS.md, and the machines that page names stay named: re-running one benchmark rewrites its
+own section only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -161,6 +165,45 @@ def cpu_ddp_section(data: dict) -> list[str]:
     return lines + [""]
 
 
+def compile_section(data: dict) -> list[str]:
+    a, m = data["args"], data["machine"]
+    cmd = (
+        f"python -m benchmarks.compile --experiment {a['experiment']} --passes "
+        + " ".join(map(str, a["passes"]))
+        + " --targets "
+        + " ".join(a["targets"])
+        + f" --steps {a['steps']} --warmup {a['warmup']}"
+        + (f" --threads {a['threads']}" if a.get("threads") else "")
+    )
+    lines = [
+        f"### `model.compile`: eager against compiled, `experiment={a['experiment']}`",
+        "",
+        f"`{cmd}`, on {m['cpu']} ({m['features']}), {m['threads']} thread{'s' if m['threads'] > 1 else ''}. For each N and set of targets two "
+        "processes share one fresh Inductor cache: compile s as the run logs it (`perf/compile_s`), with the "
+        "cache empty (cold) and as the first process left it (warm). Each process then alternates compiled and "
+        "eager steps (`torch.compiler.set_stance`): speed-up = the median ratio of an eager step to the compiled "
+        "step before it, averaged over the two processes; ms/step = the best step of each kind. Recompiles: "
+        "graphs compiled after the first step. Pays back after: compile s / the time a compiled step saves.",
+        "",
+        "| N | targets | eager ms/step (best) | compiled ms/step (best) | speed-up (paired) | compile s, cold "
+        "cache | compile s, warm cache | first step s, cold / warm | graphs | recompiles | pays back after "
+        "(cold / warm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        payback = (
+            f"{r['payback_steps_cold']:.0f} / {r['payback_steps_warm']:.0f} steps"
+            if r["payback_steps_cold"] is not None
+            else "never (no gain)"
+        )
+        lines.append(
+            f"| {r['N']} | {r['targets']} | {r['eager_ms']:.0f} | {r['compiled_ms']:.0f} | {r['speed_up']:.2f}x | "
+            f"{r['compile_s_cold']:.1f} | {r['compile_s_warm']:.1f} | {r['first_step_s_cold']:.1f} / "
+            f"{r['first_step_s_warm']:.1f} | {r['graphs']} | {r['recompiles']} | {payback} |"
+        )
+    return lines + [""]
+
+
 def generic_section(title: str, rows: list[dict], cmd: str, note: str = "") -> list[str]:
     if not rows:
         return []
@@ -179,26 +222,91 @@ def generic_section(title: str, rows: list[dict], cmd: str, note: str = "") -> l
     return lines + [""]
 
 
-def machine_line(recorded: list[dict]) -> str:
-    """The machine the figures were measured on, as the result files record it (this machine for files
-    written before they did)."""
-    lines = []
-    for m in recorded or [machine()]:
-        line = f"{m['cpu']} ({m['features']}), {m['cores']} cores; torch {m['torch']}, {m['threads']} threads"
-        if line not in lines:
-            lines.append(line)
+def wake_sections(wake: dict) -> list[str]:
+    lines = generic_section("Streaming decode", wake["stream"], "python -m benchmarks.wake_latency")
+    step = (  # files without a recorded machine predate the benchmarks' shared step (issue 30)
+        "step_ms: forward, cross-entropy, backward, clipping and Muon + AdamW (`benchmarks.common.model_step`)"
+        if "machine" in wake
+        else "step_ms: forward and backward of a surrogate loss, no optimiser (measured before the "
+        "benchmarks shared one step; a re-run measures `benchmarks.common.model_step`)"
+    )
+    return lines + generic_section(
+        "Training cost against N", wake["training"], "python -m benchmarks.wake_latency", step
+    )
+
+
+MARK = "<!-- measured on: {} -->"  # after each section: its machine, for a later write that keeps the section
+
+
+def machine_entry(m: dict) -> str:
+    threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    return f"{m['cpu']} ({m['features']}), {m['cores']} cores; torch {m['torch']}, {threads}"
+
+
+def marked(lines: list[str], entry: str) -> list[str]:
+    """``lines`` (sections, each ending in a blank line) with the mark of ``entry`` at the end of each."""
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("### ") and out and not out[-1]:
+            out.insert(-1, MARK.format(entry))
+        out.append(line)
+    return out[:-1] + [MARK.format(entry), ""] if out and not out[-1] else out
+
+
+def machine_line(recorded: list[dict], kept: list[str] = ()) -> str:
+    """The machines the figures were measured on: ``kept`` (those of the sections kept from the previous page),
+    then those the result files record (this machine for files written before they did)."""
+    lines = list(kept)
+    for m in recorded or ([] if kept else [machine()]):
+        if machine_entry(m) not in lines:
+            lines.append(machine_entry(m))
     return ("Machine: " if len(lines) == 1 else "Machines: ") + "; ".join(lines) + "."
+
+
+def previous_page(path: Path) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The sections of an existing RESULTS.md (``### title`` -> its lines up to the next heading) and the
+    machines each was measured on: its own mark, else (a page written before the marks) every machine the
+    page's machine line names."""
+    if not path.is_file():
+        return {}, {}
+    sections: dict[str, list[str]] = {}
+    marked: dict[str, list[str]] = {}
+    named: list[str] = []
+    current = None
+    for line in path.read_text().splitlines():
+        if line.startswith(("Machine: ", "Machines: ")):
+            # entries are "cpu (features), N cores; torch V, T threads", joined by "; "
+            named = re.split(r"; (?=[^;]*\), \d+ cores)", line.split(": ", 1)[1].removesuffix("."))
+        if line.startswith("#"):
+            current = line[4:] if line.startswith("### ") else None
+            if current is not None:
+                sections[current] = []
+        if current is not None:
+            sections[current].append(line)
+            found = re.fullmatch(MARK.format("(.*)"), line)
+            if found:
+                marked[current] = [found.group(1)]
+    machines = {t: marked.get(t, named) for t in sections}
+    return {t: lines + [""] if lines[-1] else lines for t, lines in sections.items()}, machines
 
 
 def main() -> None:
     loaded: list[dict] = []
+    previous, previous_machines = previous_page(HERE / "RESULTS.md")
+    kept: list[str] = []  # the machines of the sections kept from the previous page
 
-    def load(name: str) -> dict | None:
+    def section(name: str, titles: tuple[str, ...], render) -> list[str]:
+        """``render(data)`` of ``results/<name>`` (with its machine's mark); without that file, the sections of
+        the previous page whose titles start with one of ``titles``, in that order."""
         path = RESULTS / name
         data = json.loads(path.read_text()) if path.is_file() else None
         if data:
             loaded.append(data)
-        return data
+            lines = render(data)
+            return marked(lines, machine_entry(data["machine"])) if "machine" in data else lines
+        old = [t for prefix in titles for t in previous if t.startswith(prefix)]
+        kept.extend(m for t in old for m in previous_machines[t] if m not in kept)
+        return [line for t in old for line in previous[t]]
 
     lines = ["## Training step", ""]
     for name, title in [
@@ -209,41 +317,33 @@ def main() -> None:
             "Rule 110: `bf16-mixed` against fp32 (bf16 is refused on CPU; measured here)",
         ),
     ]:
-        data = load(name)
-        if data:
-            lines += train_step_section(data, title)
+        lines += section(name, (title,), lambda data, title=title: train_step_section(data, title))
     for name, title in [
         ("step_floor_rule110_sleep.json", "Where a step's time goes: Rule 110"),
         ("step_floor_depo_sleep.json", "Where a step's time goes: Depo"),
     ]:
-        data = load(name)
-        if data:
-            lines += step_floor_section(data, title)
-    for name in ("cpu_ddp_rule110_sleep.json", "cpu_ddp_depo_sleep.json"):  # not in make bench: when run
-        data = load(name)
-        if data and "warmup" in data["args"]:  # timed per step (files of the fit-difference timing have none)
-            lines += cpu_ddp_section(data)
-    data = load("sleep_throughput.json")
-    if data:
-        lines += throughput_section(data)
-    ops = load("ops.json")
-    if ops:
-        lines += ["## Fast-weight ops", ""] + generic_section(
+        lines += section(name, (title,), lambda data, title=title: step_floor_section(data, title))
+    for experiment in ("rule110_sleep", "depo_sleep"):  # not in make bench: when run
+        lines += section(
+            f"cpu_ddp_{experiment}.json",
+            tuple(t for t in previous if t.startswith("One process against") and f"={experiment}`" in t),
+            # timed per step (files of the fit-difference timing have no warmup)
+            lambda data: cpu_ddp_section(data) if "warmup" in data["args"] else [],
+        )
+    lines += section("sleep_throughput.json", ("Throughput against N and L",), throughput_section)
+    lines += section("compile_rule110_sleep.json", ("`model.compile`",), compile_section)
+    ops = section(
+        "ops.json",
+        ("Forward + backward tokens/s by backend",),
+        lambda ops: generic_section(
             "Forward + backward tokens/s by backend", ops["rows"], "python -m benchmarks.ops"
-        )
-    wake = load("wake_latency.json")
+        ),
+    )
+    if ops:
+        lines += ["## Fast-weight ops", ""] + ops
+    wake = section("wake_latency.json", ("Streaming decode", "Training cost against N"), wake_sections)
     if wake:
-        lines += ["## Wake latency", ""]
-        lines += generic_section("Streaming decode", wake["stream"], "python -m benchmarks.wake_latency")
-        step = (  # files without a recorded machine predate the benchmarks' shared step (issue 30)
-            "step_ms: forward, cross-entropy, backward, clipping and Muon + AdamW (`benchmarks.common.model_step`)"
-            if "machine" in wake
-            else "step_ms: forward and backward of a surrogate loss, no optimiser (measured before the "
-            "benchmarks shared one step; a re-run measures `benchmarks.common.model_step`)"
-        )
-        lines += generic_section(
-            "Training cost against N", wake["training"], "python -m benchmarks.wake_latency", step
-        )
+        lines += ["## Wake latency", ""] + wake
     header = [
         "# Benchmark results",
         "",
@@ -251,7 +351,7 @@ def main() -> None:
         "`benchmarks/results/`. Timings on a shared machine are noisy: compare ratios measured side by side "
         "in one run (`--against`), never figures from different days.",
         "",
-        machine_line([d["machine"] for d in loaded if "machine" in d]),
+        machine_line([d["machine"] for d in loaded if "machine" in d], kept),
         "",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(header + lines).rstrip() + "\n")

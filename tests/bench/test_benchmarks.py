@@ -104,3 +104,68 @@ def test_step_floor_rows_say_how_far_the_rest_must_shrink():
     lines = write_results.step_floor_section({"args": args, "rows": [row, unreachable]}, "t")
     assert lines[-3].endswith("| 480.0 | 1.60x | 240.0 | 1.5x |")  # 180 ms of rest into the 120 ms left
     assert lines[-2].endswith("| out of reach: fixed + matmul exceed it |")
+
+
+def compile_row(n: int, gain: bool) -> dict:
+    worker = {"threads": 1}
+    return {
+        "N": n,
+        "targets": "mlp",
+        "eager_ms": 200.0,
+        "compiled_ms": 180.0 if gain else 210.0,
+        "speed_up": 1.1 if gain else 0.95,
+        "compile_s_cold": 15.0,
+        "compile_s_warm": 2.5,
+        "first_step_s_cold": 15.4,
+        "first_step_s_warm": 2.9,
+        "graphs": 2,
+        "recompiles": 0,
+        "payback_steps_cold": 825.0 if gain else None,
+        "payback_steps_warm": 137.5 if gain else None,
+        "workers": {"cold": worker, "warm": worker},
+    }
+
+
+def test_results_page_keeps_the_sections_whose_files_are_absent(tmp_path, monkeypatch):
+    """One benchmark re-run rewrites its own section; the rest of the page, and its machine, stay."""
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [{"passes": 1, "step_ms": 6083.0, "sleep_ms": 0.0}]
+    (results / "wake_latency.json").write_text(
+        json.dumps({"machine": MACHINE, "stream": rows, "training": rows})
+    )
+    monkeypatch.setattr(write_results, "HERE", tmp_path)
+    monkeypatch.setattr(write_results, "RESULTS", results)
+    write_results.main()
+    before = (tmp_path / "RESULTS.md").read_text()
+    (results / "wake_latency.json").unlink()
+    other = {**MACHINE, "cpu": "Other CPU", "threads": 1}
+    args = {"experiment": "rule110_sleep", "passes": [1, 2], "targets": ["mlp"], "steps": 20, "warmup": 2}
+    data = {
+        "args": {**args, "threads": 1},
+        "machine": other,
+        "rows": [compile_row(1, True), compile_row(2, False)],
+    }
+    (results / "compile_rule110_sleep.json").write_text(json.dumps(data))
+    write_results.main()
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert before.split("## Wake latency")[1] in page  # both wake-latency tables, as they were
+    assert (
+        "Machines: Some CPU (AVX2), 2 cores; torch 2.13.0+cpu, 2 threads; Other CPU (AVX2), 2 cores; " in page
+    )
+    assert (
+        "`python -m benchmarks.compile --experiment rule110_sleep --passes 1 2 --targets mlp --steps 20 "
+        in page
+    )
+    assert "--warmup 2 --threads 1`, on Other CPU (AVX2), 1 thread." in page
+    assert "| 1 | mlp | 200 | 180 | 1.10x | 15.0 | 2.5 | 15.4 / 2.9 | 2 | 0 | 825 / 138 steps |" in page
+    assert "| 2 | mlp | 200 | 210 | 0.95x | 15.0 | 2.5 | 15.4 / 2.9 | 2 | 0 | never (no gain) |" in page
+    write_results.main()  # nothing new: the page stays as it is
+    assert (tmp_path / "RESULTS.md").read_text() == page
+    # the compile section re-measured elsewhere: its old machine goes, the kept sections' stays
+    (results / "compile_rule110_sleep.json").write_text(
+        json.dumps({**data, "machine": {**other, "cpu": "Third CPU"}})
+    )
+    write_results.main()
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "Other CPU" not in page and "; Third CPU (AVX2), 2 cores; torch 2.13.0+cpu, 1 thread." in page

@@ -112,7 +112,13 @@ class Attention(nn.Module):
         if cache is not None and len(cache):
             k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)
         mask = self._mask(T, k.shape[2], sliding, x.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        # Without a mask the queries are the keys (causal) or a lone query sees every key. Decided by a branch:
+        # under torch.compile with dynamic lengths a comparison of lengths is symbolic, and SDPA refuses a
+        # symbolic is_causal (a graph break); a branch makes it a plain bool (one guard on the lengths).
+        causal = False
+        if mask is None and T == k.shape[2]:
+            causal = True
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(B, T, -1)), KVCache(k, v, self.rotary.base)
 
     @staticmethod

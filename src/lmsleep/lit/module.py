@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from lmsleep.data.task import IGNORE_INDEX
 from lmsleep.lit.metrics import AnswerMetrics, WindowLMMetrics, masked_cross_entropy
 from lmsleep.lit.optim import OptimConfig, build_optimizer, lr_schedule
+from lmsleep.models.compilation import (
+    compile_modules,
+    compile_seconds,
+    graphs_compiled,
+    modules_to_compile,
+    parse_targets,
+)
 from lmsleep.models.hybrid import HybridLM
 from lmsleep.models.sleep import SleepConfig, SleepHooks
 from lmsleep.models.state import ModelState
@@ -58,6 +66,10 @@ class LitLM(L.LightningModule, SleepHooks):
         metrics: ``answer`` (tasks: :class:`AnswerMetrics` by depth) or ``text`` (language modelling:
             :class:`WindowLMMetrics`, ``val/bpb`` and ``val/bpb@window=3``, with windows of ``sleep.window``);
             set from the data at run time (``TextDataModule.metrics``).
+        compile: ``torch.compile`` targets (``lmsleep.models.compilation``): false (default), true (the
+            targets that paid back on CPU) or a list such as ``[mlp, attn]``; compiled in place in
+            :meth:`configure_model`, so checkpoints keep the eager model's keys. The first training step logs
+            how long compiling took (``perf/compile_s``).
     """
 
     def __init__(
@@ -67,11 +79,16 @@ class LitLM(L.LightningModule, SleepHooks):
         optim: dict[str, Any] | None = None,
         depth_name: str = "depth",
         metrics: str = "answer",
+        compile: bool | str | list[str] | None = False,
     ):
         super().__init__()
         # Plain dicts, not Hydra's DictConfigs: checkpoints then hold only tensors and plain containers and
         # load with torch.load(weights_only=True) (no pickled objects that could run code).
         sleep, optim = _plain(sleep), _plain(optim)
+        if isinstance(compile, ListConfig):
+            compile = OmegaConf.to_container(compile, resolve=True)
+        self.compile_targets = parse_targets(compile)  # a bad value stops here, before any work
+        modules_to_compile(net, self.compile_targets)  # as does a target this model lacks
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.net = net
         self.sleep = SleepConfig(**dict(sleep or {}))
@@ -94,6 +111,12 @@ class LitLM(L.LightningModule, SleepHooks):
         # tests the weights of its last step beside its best checkpoint (docs/design.md#training)
         self.test_prefix = "test"
         self._resync_log_step = False
+        self.compiled: list[str] = []  # the submodules compiled in place (configure_model)
+        self.compile_s: float | None = None  # compile seconds up to the first training step's end, once known
+        self._compile_base = 0.0  # compile seconds of this process before configure_model compiled
+        self._compile_clock: tuple[float, float] | None = (
+            None  # (compile seconds, wall time) at a step's start
+        )
 
     # --- forward and hooks ------------------------------------------------------------------------------
     def forward(
@@ -138,7 +161,37 @@ class LitLM(L.LightningModule, SleepHooks):
                 f"model.sleep.window below {length} (e.g. to the data's window, data.window)"
             )
 
+    # --- compilation ------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Compile the ``compile`` targets in place: Lightning's place for it (called for every fit and test,
+        before a strategy wraps the model). ``nn.Module.compile`` keeps the parameters where they were, so
+        the ``state_dict`` has no ``_orig_mod.`` keys and checkpoints load into eager models and back."""
+        if self.compile_targets and not self.compiled:
+            self.compiled = compile_modules(self.net, self.compile_targets)
+            self._compile_base = compile_seconds()
+
+    def _time_first_compiled_step(self, end: bool) -> None:
+        """Once per process, at the first training step's end: the seconds spent compiling since
+        :meth:`configure_model` (the sanity check's evaluation graphs included), as one log line and the metric
+        ``perf/compile_s``."""
+        if not self.compiled or self.compile_s is not None:
+            return
+        if not end:
+            self._compile_clock = (compile_seconds(), time.perf_counter())
+            return
+        in_step, started = self._compile_clock or (self._compile_base, time.perf_counter())
+        now = compile_seconds()
+        self.compile_s = now - self._compile_base
+        self.log("perf/compile_s", self.compile_s, batch_size=1)
+        if self.global_rank == 0:
+            log.info(
+                f"lmsleep: compiled {', '.join(self.compile_targets)} ({len(self.compiled)} modules) in "
+                f"{self.compile_s:.1f} s ({now - in_step:.1f} s of it in the first training step, which took "
+                f"{time.perf_counter() - started:.1f} s); {graphs_compiled()} graphs"
+            )
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._time_first_compiled_step(end=False)
         if self._resync_log_step:
             # Lightning restores its logging step (``_batches_that_stepped``) one too high from a checkpoint
             # saved after an epoch's validation, so a resumed run's curves would sit one step to the right;
@@ -163,6 +216,9 @@ class LitLM(L.LightningModule, SleepHooks):
         self.log("sleep/window", float(self.sleep.window), batch_size=len(logits))
         self.log("train/skipped_batches", float(self.skipped_batches), batch_size=len(logits))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._time_first_compiled_step(end=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping and the step (DDP has already averaged the gradients): one global norm.
