@@ -35,8 +35,9 @@ from lmsleep.restore import (
 from lmsleep.utils.config import ConfigError, check_writable_dir
 
 SLEEP_FILE = "lmsleep.json"
-# what a model folder's tokenizer may consist of (transformers' fast, sentencepiece and BPE files, templates)
-TOKENIZER_FILES = (
+# what a model folder's tokenizer may consist of (transformers' fast, sentencepiece and BPE files, templates),
+# copied as they are (models/hf/load.py's TOKENIZER_FILES are the ones that say a folder has a tokenizer)
+COPIED_TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -74,7 +75,7 @@ def copy_tokenizer(source: tuple[Path, str], tokenizer: Any, out: Path) -> list[
     """Write the run's tokenizer into ``out``; returns the files written."""
     path, _ = source
     if path.is_dir() and (path / "tokenizer_config.json").is_file():  # a model folder's tokenizer, as it is
-        names = [n for n in TOKENIZER_FILES if (path / n).is_file()]
+        names = [n for n in COPIED_TOKENIZER_FILES if (path / n).is_file()]
         for name in names:
             if (out / name).resolve() != (path / name).resolve():  # out may be the model folder itself
                 shutil.copyfile(path / name, out / name)

@@ -73,12 +73,12 @@ def load_trained_model(cfg: DictConfig, ckpt: dict[str, Any]) -> Any:
 def tokenizer_source(cfg: DictConfig) -> tuple[Path, str] | None:
     """Where a ``model=hf`` run's tokenizer is (a ``tokenizer.json`` or a folder) and which setting said so, or
     None when the run had none (task data on its own token ids, a model built from ``model.net.config``)."""
-    from lmsleep.models.hf.load import TOKENIZER_FILES
+    from lmsleep.models.hf.load import TOKENIZER_FILES, has_tokenizer
 
     explicit = cfg.get("tokenizer")
     if explicit:
         path = Path(str(explicit)).expanduser()
-        if not (path.is_file() or any((path / f).is_file() for f in TOKENIZER_FILES)):
+        if not (path.is_file() or has_tokenizer(path)):
             raise ConfigError(
                 f"tokenizer={explicit} is neither a tokenizer.json nor a folder with one of "
                 f"{', '.join(TOKENIZER_FILES)}; pass a model folder's path or its tokenizer.json"
@@ -88,7 +88,7 @@ def tokenizer_source(cfg: DictConfig) -> tuple[Path, str] | None:
     if data:  # the task checked it when the run started
         return Path(str(data)).expanduser(), "data.task.tokenizer"
     folder = OmegaConf.select(cfg, "model.net.path", default=None)
-    if folder and any((Path(str(folder)).expanduser() / f).is_file() for f in TOKENIZER_FILES):
+    if folder and has_tokenizer(str(folder)):
         return Path(str(folder)).expanduser(), "model.net.path"
     return None
 

@@ -82,6 +82,12 @@ def load_hf_model(
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether ``folder`` holds one of :data:`TOKENIZER_FILES` (what :func:`load_tokenizer` can read)."""
+    where = Path(folder).expanduser()
+    return any((where / f).is_file() for f in TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any | None:
     """The tokenizer of a model folder, or of a bare ``tokenizer.json`` (the file or a folder holding only
     that); None when the folder ships none.
@@ -96,7 +102,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any | N
     where = Path(path).expanduser()
     if where.is_file():
         return PreTrainedTokenizerFast(tokenizer_file=str(where))
-    if not any((where / f).is_file() for f in TOKENIZER_FILES):
+    if not has_tokenizer(where):
         return None
     if not (where / "tokenizer_config.json").is_file() and not (where / "tokenizer.model").is_file():
         return PreTrainedTokenizerFast(tokenizer_file=str(where / "tokenizer.json"))
