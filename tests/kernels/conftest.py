@@ -73,13 +73,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
                 continue
             if suite == "model":
                 figures = "  ".join(f"{k} {row[k]:.1e}" for k in ("logits", "loss", "grads"))
-                write(
-                    f"{suite:5} {name:28} {figures} (worst grad: {row['worst_grad']})  {row['seconds']:.1f} s"
-                )
+                write(f"{suite:5} {name:28} {figures} (worst grad: {row['worst_grad']})")
                 continue
-            figures = {k: v for k, v in row.items() if isinstance(v, float) and k != "seconds"}
+            figures = {k: v for k, v in row.items() if isinstance(v, float)}
             worst = max((k for k in figures if not k.endswith("fp64")), key=figures.get)
             write(
                 f"{suite:5} {name:28} worst {figures[worst]:.1e} ({worst})  kernel vs fp64 "
-                f"{figures['worst_vs_fp64']:.1e} (torch {figures['torch_worst_vs_fp64']:.1e})  {row['seconds']:.1f} s"
+                f"{figures['worst_vs_fp64']:.1e} (torch {figures['torch_worst_vs_fp64']:.1e})"
             )
