@@ -20,15 +20,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lmsleep.data.tokenizer import tokenizer_from_dict
 from lmsleep.utils.checkpoint import check_checkpoint, check_fits_model
-from lmsleep.utils.config import ConfigError, build, build_data_and_model, check_kernel_backend
+from lmsleep.utils.config import ConfigError, build, build_data_and_model, check_kernel_backend, is_hf_net
 
 TEXT_STATE = "TextDataModule"  # the key Lightning saves the text DataModule's state (its tokenizer) under
-HF_TARGET = "lmsleep.models.hf.from_hf"  # model=hf's net
 
 
 def is_hf_run(cfg: DictConfig) -> bool:
     """Whether ``cfg`` (with the run's overrides applied) builds a wrapped transformers model (``model=hf``)."""
-    return str(OmegaConf.select(cfg, "model.net._target_", default="")) == HF_TARGET
+    return is_hf_net(OmegaConf.select(cfg, "model.net", default=None))
 
 
 def model_name(cfg: DictConfig) -> str:

@@ -37,7 +37,7 @@ from lmsleep.data.task import task_from_config
 from lmsleep.reporting.plots import pyplot
 from lmsleep.reporting.study_figures import figures
 from lmsleep.reporting.study_settings import HPARAMS, grouping_hparams, run_hparams
-from lmsleep.utils.config import ConfigError
+from lmsleep.utils.config import ConfigError, is_hf_net
 
 FINAL_METRICS = (
     *("val/acc", "val/acc_exact", "val/loss", "val/bpb"),
@@ -59,7 +59,7 @@ TEXT_SETTINGS = ("paths", "glob", "exclude", "format", "tokenizer", "seq_len", "
 def model_kind(net: dict[str, Any]) -> str:
     """``transformer``, ``hybrid``, or for a wrapped transformers model (``model=hf``) ``hf <its folder's name
     or config's model_type>``, with ``+inserted`` where fast-weight blocks were inserted (the Ouro recipe)."""
-    if str(net.get("_target_", "")).endswith(".from_hf"):
+    if is_hf_net(net):
         source = (
             Path(str(net["path"])).name if net.get("path") else (net.get("config") or {}).get("model_type")
         )

@@ -55,14 +55,13 @@ def run_hparams(cfg: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
     ``tokens_per_step``: the tokens of one optimiser step (``lmsleep.reporting.report.run_settings``)."""
     from lmsleep.lit.optim import OptimConfig
     from lmsleep.models.sleep import SleepConfig
+    from lmsleep.utils.config import is_hf_net
 
     model, trainer = cfg["model"], cfg["trainer"]
     optim = {**_defaults(OptimConfig), **(model.get("optim") or {})}
     sleep = {**_defaults(SleepConfig), **(model.get("sleep") or {})}
     net = model.get("net") or {}
-    hf = str(net.get("_target_", "")).endswith(
-        ".from_hf"
-    )  # model=hf: its own linear layers, or inserted ones
+    hf = is_hf_net(net)  # model=hf: its own linear layers, or inserted ones
     hybrid = "ssm" in str(net.get("layout", "")) or hf
     max_steps = trainer.get("max_steps")
     steps = max_steps if isinstance(max_steps, int) and max_steps > 0 else None  # -1: epochs decide

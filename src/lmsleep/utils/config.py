@@ -34,6 +34,15 @@ OmegaConf.register_new_resolver("lmsleep.pid", lambda: str(os.getpid()), replace
 OmegaConf.register_new_resolver("lmsleep.stdlib", lambda: sysconfig.get_paths()["stdlib"], replace=True)
 
 
+# model=hf's net: a transformers causal LM wrapped by lmsleep (lmsleep.models.hf.from_hf).
+HF_NET_TARGET = "lmsleep.models.hf.from_hf"
+
+
+def is_hf_net(net: Any) -> bool:
+    """Whether a run's ``model.net`` config (a dict or DictConfig) builds a wrapped transformers model."""
+    return str((net or {}).get("_target_", "")) == HF_NET_TARGET
+
+
 class ConfigError(ValueError):
     """A configuration or input that cannot work; the message says what was wrong and how to fix it."""
 
