@@ -67,10 +67,6 @@ def check_out(cfg: DictConfig) -> Path:
     return folder
 
 
-def _has_insertions(insert: Any) -> bool:
-    return insert is not None and str(insert) not in ("", "[]")
-
-
 def copy_tokenizer(source: tuple[Path, str], tokenizer: Any, out: Path) -> list[str]:
     """Write the run's tokenizer into ``out``; returns the files written."""
     path, _ = source
@@ -97,8 +93,10 @@ def export_hf(cfg: DictConfig) -> dict[str, Any]:
             "export-hf writes wrapped transformers models only (load this one with lmsleep: lmsleep test / "
             "generate ckpt_path=...)"
         )
+    from lmsleep.models.hf.insert import asks_for_insertions  # the hf extra: imported once a run needs it
+
     insert = OmegaConf.select(cfg, "model.net.insert", default=None)
-    if _has_insertions(insert):
+    if asks_for_insertions(insert):
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} has inserted fast-weight blocks (model.net.insert={insert}), which no "
             "transformers architecture has, so AutoModelForCausalLM could not load them; load it with lmsleep "

@@ -1,5 +1,12 @@
 """Sleep for pretrained transformers models (docs/pretrained.md). Needs the ``hf`` extra (transformers)."""
 
+try:
+    import transformers  # noqa: F401
+except ImportError as exc:  # say which extra, not only which module: model=hf is where users meet it
+    raise ImportError(
+        "model=hf (lmsleep.models.hf) needs transformers, which is not installed: pip install 'lmsleep[hf]'"
+    ) from exc
+
 from lmsleep.models.hf.cache import HFKV, WindowCache
 from lmsleep.models.hf.families import FAMILIES, SUPPORTED, family_of
 from lmsleep.models.hf.insert import FastWeightBlock

@@ -56,12 +56,17 @@ class FastWeightBlock(nn.Module):
         return x + y, state
 
 
+def asks_for_insertions(insert: Sequence[int] | str | None) -> bool:
+    """Whether a ``model.net.insert`` setting asks for any block (``None``, ``""`` and ``[]`` do not)."""
+    return not (insert is None or insert == "" or len(insert) == 0)
+
+
 def parse_insert(insert: Sequence[int] | str | None, n_layers: int) -> list[int]:
     """Positions of inserted blocks: each ``i`` puts one after the host's decoder layer ``i`` (0-based).
 
     Accepts a list of ints, a comma string (``"5,11,17,23"``), or ``"every:k"`` (after layers k-1, 2k-1, ...).
     """
-    if insert is None or insert == "" or insert == []:
+    if not asks_for_insertions(insert):
         return []
     usage = (
         f"model.net.insert={insert!r}: use a list of decoder-layer indices in [0, {n_layers - 1}] "
