@@ -11,7 +11,8 @@
 4. sleep fine-tuning of those folders on the GSM-style task through their tokenizer
    (results/pretrained_demo/sleep_queue.txt: N in {1, 2, 4}, and the attention-only model with inserted
    fast-weight blocks), one fit at a time;
-5. ``lmsleep report`` of the fine-tuning runs into results/pretrained_demo, paired by seed with N = 1.
+5. ``lmsleep report`` of the fine-tuning runs, paired by seed with N = 1 of the same host:
+   results/pretrained_demo/hybrid (the Qwen3.5-architecture model) and results/pretrained_demo/inserted.
 
 Every step skips what is done, so running the script again after an interruption (or in the next working
 session) goes on where it stopped. Folders: ``<log-dir>/demo/`` (tokenizer, model folders) and
@@ -35,6 +36,14 @@ EXPORTS = {
     "study/pretrained_demo/pretrain_attention": "qwen3_hf",
 }
 STEPS = ("pretrain", "export", "sleep", "report")
+# One report per question, each paired by seed with its host's N = 1: results/pretrained_demo/<name>.
+REPORTS = {
+    "hybrid": ("*pretrained_demo-sleep_model.net.path*", "pretrained_demo_sleep hf qwen3_5_hf N=1"),
+    "inserted": (
+        "*pretrained_demo-sleep_inserted_*",
+        "pretrained_demo_sleep_inserted hf qwen3_hf +inserted N=1",
+    ),
+}
 
 
 def run(*args: str) -> None:
@@ -95,8 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     if "sleep" in steps:
         queue("sleep_queue.txt", args.rev, log_dir)
     if "report" in steps:
-        runs = sorted(str(d) for d in (log_dir / "queue").glob("*pretrained_demo-sleep*"))
-        run(sys.executable, "-m", "lmsleep", "report", *runs, f"out={RESULTS}")
+        for name, (pattern, baseline) in REPORTS.items():
+            runs = sorted(str(d) for d in (log_dir / "queue").glob(pattern))
+            run(
+                sys.executable,
+                "-m",
+                "lmsleep",
+                "report",
+                *runs,
+                f"out={RESULTS / name}",
+                f"baseline={baseline}",
+            )
     return 0
 
 
