@@ -102,11 +102,26 @@ def test_a_fit_reports_metrics_by_depth(compose, tiny, tmp_path, one_thread):
             assert f"{prefix}/acc_exact@t={t}" in metrics and f"{prefix}/acc@t={t}" in metrics, (prefix, t)
 
 
-def test_the_pilot_config_is_the_study_model_on_mixed_depths_with_a_constant_rate(compose):
-    cfg = compose(["experiment=study/rule110_mixed_depth_pilot"])
+def test_the_study_config_is_the_study_model_on_mixed_depths_with_a_constant_rate(compose):
+    cfg = compose(["experiment=study/rule110_mixed_depth"])
     assert list(cfg.data.task.steps) == [1, 6] and cfg.data.task.width == cfg.data.task.window == 16
     assert cfg.model.optim.schedule == "constant" and cfg.model.sleep.passes == 1
     assert cfg.model.net.ssm.rule == "gated_delta" and cfg.model.sleep.eviction == "hard"
     assert cfg.trainer.max_steps == 2400 and "final_validation" in cfg.callbacks
     assert cfg.trainer.max_steps % cfg.callbacks.step_checkpoint.every_n_train_steps == 0  # last step on disk
     assert cfg.data.val_size == 6 * 256 and cfg.data.test_size == 6 * 512
+
+
+def test_the_pilot_and_the_compute_baseline_differ_from_the_study_only_where_they_say(compose):
+    study = compose(["experiment=study/rule110_mixed_depth"])
+    pilot = compose(["experiment=study/rule110_mixed_depth_pilot"])
+    more = compose(["experiment=study/rule110_mixed_depth_more_tokens"])
+    assert study.task_name != pilot.task_name != more.task_name != study.task_name  # three labels in a report
+    for cfg in (pilot, more):
+        assert (
+            cfg.data == study.data
+            and cfg.model.net == study.model.net
+            and cfg.model.optim == study.model.optim
+        )
+    assert more.model.sleep.passes == 1 and more.trainer.max_steps == 4 * study.trainer.max_steps
+    assert more.trainer.max_steps % more.callbacks.step_checkpoint.every_n_train_steps == 0

@@ -128,3 +128,18 @@ def test_baseline_from_the_command_line_and_an_unknown_baseline(raw, tmp_path):
         ConfigError, match=r"baseline='N=1' is not a configuration.*d hybrid N=1; d hybrid N=2"
     ):
         report([str(raw)], str(tmp_path / "bad"), baseline="N=1")
+
+
+def test_two_baselines_give_a_section_each_in_the_order_given(raw, tmp_path):
+    main([str(raw), f"out={tmp_path / 'two'}", "baseline=d hybrid N=1", "baseline=d hybrid N=4"])
+    summary = (tmp_path / "two" / "summary.md").read_text()
+    first = summary.index("Paired by seed against the baseline d hybrid N=1")
+    second = summary.index("Paired by seed against the baseline d hybrid N=4")
+    assert first < second
+    against_n4 = [
+        line for line in summary[second:].splitlines() if line.startswith("| d hybrid N=1 | test/acc_exact |")
+    ]
+    assert len(against_n4) == 1  # the same pairs seen from the other side: every difference negated
+    cells = against_n4[0].strip("| ").split(" | ")
+    assert cells[3:6] == ["-0.500, -0.700, -0.250, -0.400, -0.050", "-0.380", "0 / 5 / 0"]
+    assert paired_rows(summary[:second])[("d hybrid N=4", "test/acc_exact")][5] == "5 / 0 / 0"

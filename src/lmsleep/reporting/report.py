@@ -11,7 +11,9 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
 - ``<out>/<figure>.png``: the figures of :mod:`lmsleep.reporting.study_figures` (``curves``, ``buckets``, ``final``,
   ``depth``, ``window``), each where the runs logged what it draws;
 - with ``baseline=LABEL`` (a configuration's label as the summary prints it), ``summary.md`` ends with the
-  paired statistics of every configuration that shares seeds with it (:mod:`lmsleep.reporting.paired_stats`).
+  paired statistics of every configuration that shares seeds with it (:mod:`lmsleep.reporting.paired_stats`);
+  ``baseline=`` may be given more than once (e.g. N = 1 at the study's tokens and N = 1 at N x the tokens), one
+  section each, in the order given.
 
 ``test/...`` is the best validated checkpoint (as in every run), ``test_final/...`` the weights of the last
 step where a run logged them (``lmsleep fit`` tests both). Each raw JSON's ``settings`` also hold the
@@ -30,6 +32,7 @@ import re
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -311,14 +314,18 @@ def paired_section(groups: dict[str, list[dict[str, Any]]], baseline: str) -> st
         raise ConfigError(f"lmsleep report: {exc.args[0]}") from None
 
 
-def build(raw: Path, out: Path, baseline: str | None = None) -> list[Path]:
-    """Tables and plots from the raw files in ``raw`` (with the paired statistics against the configuration
-    labelled ``baseline``, if given); returns the files written."""
+def _baselines(baseline: str | Sequence[str] | None) -> list[str]:
+    return [] if baseline is None else [baseline] if isinstance(baseline, str) else list(baseline)
+
+
+def build(raw: Path, out: Path, baseline: str | Sequence[str] | None = None) -> list[Path]:
+    """Tables and plots from the raw files in ``raw`` (with the paired statistics against each configuration
+    labelled in ``baseline``, if given); returns the files written."""
     groups = load_raw(raw)
     out.mkdir(parents=True, exist_ok=True)
     summary = summary_table(groups)
-    if baseline is not None:
-        summary += "\n" + paired_section(groups, baseline)
+    for label in _baselines(baseline):
+        summary += "\n" + paired_section(groups, label)
     (out / "summary.md").write_text(summary)
     written = [out / "summary.md"]
     plt = pyplot()
@@ -330,10 +337,10 @@ def build(raw: Path, out: Path, baseline: str | None = None) -> list[Path]:
     return written
 
 
-def report(paths: list[str], out: str = "results", baseline: str | None = None) -> list[Path]:
+def report(paths: list[str], out: str = "results", baseline: str | Sequence[str] | None = None) -> list[Path]:
     """Run folders (or one folder of raw files) -> ``out/raw/`` and the tables and plots in ``out``;
-    ``baseline``: the label of the configuration to pair the others with by seed (``summary.md`` then ends
-    with their paired statistics)."""
+    ``baseline``: the label (or labels) of the configuration to pair the others with by seed (``summary.md``
+    then ends with their paired statistics, a section per baseline)."""
     if not paths:
         raise ConfigError("lmsleep report needs run folders (logs/<task>/runs/<time>) or a raw/ folder")
     out_dir = Path(out)
@@ -355,7 +362,7 @@ def report(paths: list[str], out: str = "results", baseline: str | None = None) 
 
 def main(args: list[str]) -> None:
     out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), "results")
-    baseline = next((a.split("=", 1)[1] for a in args if a.startswith("baseline=")), None)
+    baseline = [a.split("=", 1)[1] for a in args if a.startswith("baseline=")]
     paths = [a for a in args if not a.startswith(("out=", "baseline="))]
     for path in report(paths, out, baseline):
         print(f"wrote {path}")
