@@ -36,12 +36,13 @@ def test_inserted_blocks_leave_the_logits_unchanged(family):
     assert torch.equal(slept, reference)
 
 
-def test_gradients_reach_the_inserted_layers_and_through_their_fast_weights():
+@pytest.mark.parametrize("passes", [1, 2])  # N = 1 runs hard-evicted windows as one batch, N = 2 one by one
+def test_gradients_reach_the_inserted_layers_and_through_their_fast_weights(passes):
     """At insertion only the zero output projection gets a gradient (nothing flows through it yet); after
     one step every inserted parameter does, and an attention-only host then passes gradient from the last
     window to the first one through the inserted fast weights."""
     model, x = tiny("qwen3", insert="every:1"), tokens()
-    cfg = SleepConfig(window=L, eviction="hard", passes=2)
+    cfg = SleepConfig(window=L, eviction="hard", passes=passes)
     block = model.inserted["0"]
     assert isinstance(block.mixer, FastWeightMixer) and block.mixer.rule == "gated_delta"
     logits, _ = model(x, cfg)
