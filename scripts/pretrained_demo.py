@@ -37,10 +37,13 @@ EXPORTS = {
 }
 STEPS = ("pretrain", "export", "sleep", "report")
 # One report per question, each paired by seed with its host's N = 1: results/pretrained_demo/<name>.
-REPORTS = {
-    "hybrid": ("*pretrained_demo-sleep_model.net.path*", "pretrained_demo_sleep hf qwen3_5_hf N=1"),
+REPORTS = {  # the folders of sleep_queue.txt's runs (not the pilots beside them in <log-dir>/queue)
+    "hybrid": (
+        "*pretrained_demo-sleep_model.net.path*qwen3_5_hf_model.sleep.passes-[0-9]_seed-[0-9]",
+        "pretrained_demo_sleep hf qwen3_5_hf N=1",
+    ),
     "inserted": (
-        "*pretrained_demo-sleep_inserted_*",
+        "*pretrained_demo-sleep_inserted_model.net.path*qwen3_hf_model.sleep.passes-[0-9]_seed-[0-9]",
         "pretrained_demo_sleep_inserted hf qwen3_hf +inserted N=1",
     ),
 }
