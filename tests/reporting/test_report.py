@@ -65,12 +65,12 @@ def test_report_writes_raw_metrics_tables_and_plots(two_runs, tmp_path, capsys):
     cells = dict(zip(header.strip("|").split(" | "), headline.strip("|").split(" | "), strict=True))
     exact = [m["test/acc_exact"] for _, m in two_runs]
     assert cells["test/acc_exact"].strip() == f"{sum(exact) / 2:.3f} [{min(exact):.3f}, {max(exact):.3f}]"
-    for png in ("curves.png", "buckets.png", "final.png", "depth.png"):
+    for png in ("curves.png", "buckets.png", "depth_curves.png", "final.png", "depth.png"):
         assert (out / png).stat().st_size > 1000
     # the committed raw files alone reproduce the same tables and plots, byte for byte
     again = tmp_path / "again"
     report([str(out / "raw")], str(again))
-    for name in ("summary.md", "curves.png", "buckets.png", "final.png", "depth.png"):
+    for name in ("summary.md", "curves.png", "buckets.png", "depth_curves.png", "final.png", "depth.png"):
         assert (again / name).read_bytes() == (out / name).read_bytes(), name
 
 
@@ -103,6 +103,7 @@ def test_results_notebook_draws_a_study_from_its_raw_files(
         "tiny_study_buckets.png",
         "tiny_study_curves.png",
         "tiny_study_depth.png",
+        "tiny_study_depth_curves.png",
         "tiny_study_final.png",
     ]
     for name in names:
@@ -367,3 +368,30 @@ def test_depth_figure_tells_apart_more_single_depth_points_than_colours():
     assert len({(to_rgba(ln.get_color()), ln.get_linestyle(), ln.get_marker()) for ln in lines}) == 13
     # a lone point shows no line: colour and marker alone must tell the configurations apart
     assert len({(to_rgba(ln.get_color()), ln.get_marker()) for ln in lines}) == 13
+
+
+def test_depth_curves_put_every_configuration_in_each_depth_panel_it_logged():
+    """The Fig. 2 layout: a panel per depth, a line per configuration (a band where seeds differ), one legend
+    entry per configuration even when the first panel lacks it."""
+    from lmsleep.reporting.study_figures import depth_curves_figure
+
+    def run(seed, depths, level):
+        curve = {f"val/acc_exact@t={t}": [(1, 10, 0.1), (2, 20, level + seed / 10)] for t in depths}
+        return {"seed": seed, "series": curve}
+
+    groups = {
+        "N=1": [run(0, (1, 2, 3), 0.3), run(1, (1, 2, 3), 0.3)],
+        "N=4": [run(0, (1, 2, 3), 0.9)],
+        "deep only": [run(0, (3,), 0.5)],
+    }
+    fig = depth_curves_figure(groups)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["t = 1", "t = 2", "t = 3"]
+    assert [[line.get_label() for line in ax.get_lines()] for ax in panels] == [
+        ["N=1", "N=4"],
+        ["N=1", "N=4"],
+        ["N=1", "N=4", "deep only"],
+    ]
+    assert len(panels[0].collections) == 1  # N = 1's two seeds: a band; one seed draws none
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["N=1", "N=4", "deep only"]
+    assert depth_curves_figure({"N=1": [run(0, (3,), 0.3)]}) is None  # one depth: nothing to lay out

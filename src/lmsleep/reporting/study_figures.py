@@ -6,6 +6,9 @@ value)]}}]}``.
   tokens, one line per configuration (the mean over seeds, shaded between the seeds' min and max);
 - ``buckets``: validation exact accuracy of each depth bucket (``val/acc_exact@k=K``) against training tokens,
   one panel per configuration, for runs whose samples mix depths (Depo's per-query k, the paper's Fig. 3);
+- ``depth_curves``: the same curves the other way round, the paper's Fig. 2 layout: one panel per depth bucket,
+  one line per configuration (the mean over seeds, shaded between the seeds' min and max), so N = 1, N = 4 and
+  N = 1 at 4x the tokens meet in one panel per depth;
 - ``final``: final test exact accuracy (text runs: bits per byte) per configuration, a dot per seed;
 - ``depth``: final test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration;
 - ``window`` (text runs): test bits per byte against the window index within the sequence.
@@ -138,6 +141,57 @@ def bucket_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pa
     return fig
 
 
+def depth_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pattern = VAL_DEPTH_TAG):
+    """Validation exact accuracy against training tokens, one panel per depth bucket and one line per
+    configuration (mean over seeds, shaded between their min and max); None unless two buckets were logged."""
+    by_bucket: dict[int, dict[str, list[list[tuple[int, int, float]]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    axis_name = ""
+    for label, runs in groups.items():
+        for r in runs:
+            for tag, s in r["series"].items():
+                if match := pattern.match(tag):
+                    axis_name = match.group(1)
+                    by_bucket[int(match.group(2))][label].append(s)
+    if len(by_bucket) < 2:
+        return None
+    plt = pyplot()
+    cols = min(3, len(by_bucket))
+    rows = math.ceil(len(by_bucket) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    looks = dict(zip(groups, _line_styles(), strict=False))  # a configuration looks the same in every panel
+    for ax, (bucket, lines) in zip(axes.flat, sorted(by_bucket.items()), strict=False):
+        for label in groups:
+            if label not in lines:
+                continue
+            colour, style, _ = looks[label]
+            xs, mean, low, high = _mean_curve(lines[label])
+            ax.plot(xs, mean, color=colour, linestyle=style, label=label)
+            if len(lines[label]) > 1:
+                ax.fill_between(xs, low, high, color=colour, alpha=0.2)
+        ax.set(xlabel="training tokens (M)", title=f"{axis_name} = {bucket}")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("val exact accuracy")
+    for ax in list(axes.flat)[len(by_bucket) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    handles = {}  # a configuration may be missing from the first panel (a fixed-depth sweep)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        fontsize=7,
+        frameon=False,
+    )
+    return fig
+
+
 def final_figure(groups: dict[str, list[dict[str, Any]]], metric: str = "test/acc_exact"):
     """``metric`` at the end of each configuration's runs: a bar at the seeds' mean, a dot per seed.
 
@@ -222,6 +276,7 @@ def figures(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {
         "curves": curves_figure(groups),
         "buckets": bucket_curves_figure(groups),
+        "depth_curves": depth_curves_figure(groups),
         "final": final_figure(groups, "test/bpb" if text else "test/acc_exact"),
         "depth": depth_figure(groups),
         "window": depth_figure(groups, WINDOW_TAG, "test bits per byte", "window", join_sweeps=False),
