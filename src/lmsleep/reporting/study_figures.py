@@ -88,12 +88,40 @@ def curves_figure(groups: dict[str, list[dict[str, Any]]]):
     return fig
 
 
-def _legend_below(fig, ax) -> None:
-    """The legend of ``ax`` under the figure, one label a line: configuration labels are too long to sit
-    inside a plot (save with ``bbox_inches="tight"`` to keep it)."""
-    handles, labels = ax.get_legend_handles_labels()
+def _legend_below(fig, *axes) -> None:
+    """The legend of ``axes`` (each label once, in the order drawn) under the figure, one label a line:
+    configuration labels are too long to sit inside a plot (save with ``bbox_inches="tight"`` to keep it)."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
     if handles:
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7, frameon=False)
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            fontsize=7,
+            frameon=False,
+        )
+
+
+def _bucket_curves(
+    groups: dict[str, list[dict[str, Any]]], pattern: re.Pattern
+) -> tuple[str, dict[str, dict[int, list[list[tuple[int, int, float]]]]]]:
+    """The bucket axis's name (``t``, ``k``) and ``{label: {bucket: [each run's series]}}`` of the tags
+    ``pattern`` matches (``val/acc_exact@t=3``)."""
+    axis_name, curves = "", {}
+    for label, runs in groups.items():
+        buckets: dict[int, list[list[tuple[int, int, float]]]] = defaultdict(list)
+        for r in runs:
+            for tag, s in r["series"].items():
+                if match := pattern.match(tag):
+                    axis_name = match.group(1)
+                    buckets[int(match.group(2))].append(s)
+        if buckets:
+            curves[label] = buckets
+    return axis_name, curves
 
 
 def _seeds(n: int) -> str:
@@ -103,18 +131,12 @@ def _seeds(n: int) -> str:
 def bucket_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pattern = VAL_DEPTH_TAG):
     """Validation exact accuracy per depth bucket against training tokens: one panel per configuration whose
     runs logged at least two buckets, one line per bucket (the mean over seeds); None when none did."""
-    panels = []
-    for label, runs in groups.items():
-        buckets: dict[int, list[list[tuple[int, int, float]]]] = defaultdict(list)
-        axis_name = ""
-        for r in runs:
-            for tag, s in r["series"].items():
-                match = pattern.match(tag)
-                if match:
-                    axis_name = match.group(1)
-                    buckets[int(match.group(2))].append(s)
-        if len(buckets) >= 2:
-            panels.append((label, axis_name, dict(sorted(buckets.items()))))
+    axis_name, curves = _bucket_curves(groups, pattern)
+    panels = [
+        (label, axis_name, dict(sorted(buckets.items())))
+        for label, buckets in curves.items()
+        if len(buckets) >= 2
+    ]
     if not panels:
         return None
     plt = pyplot()
@@ -144,16 +166,11 @@ def bucket_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pa
 def depth_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pattern = VAL_DEPTH_TAG):
     """Validation exact accuracy against training tokens, one panel per depth bucket and one line per
     configuration (mean over seeds, shaded between their min and max); None unless two buckets were logged."""
-    by_bucket: dict[int, dict[str, list[list[tuple[int, int, float]]]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
-    axis_name = ""
-    for label, runs in groups.items():
-        for r in runs:
-            for tag, s in r["series"].items():
-                if match := pattern.match(tag):
-                    axis_name = match.group(1)
-                    by_bucket[int(match.group(2))][label].append(s)
+    axis_name, curves = _bucket_curves(groups, pattern)
+    by_bucket: dict[int, dict[str, list[list[tuple[int, int, float]]]]] = defaultdict(dict)
+    for label, buckets in curves.items():
+        for bucket, series in buckets.items():
+            by_bucket[bucket][label] = series
     if len(by_bucket) < 2:
         return None
     plt = pyplot()
@@ -177,18 +194,9 @@ def depth_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pat
     for ax in list(axes.flat)[len(by_bucket) :]:
         ax.axis("off")
     fig.tight_layout()
-    handles = {}  # a configuration may be missing from the first panel (a fixed-depth sweep)
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.0),
-        fontsize=7,
-        frameon=False,
-    )
+    _legend_below(
+        fig, *axes.flat
+    )  # a configuration may be missing from the first panel (a fixed-depth sweep)
     return fig
 
 

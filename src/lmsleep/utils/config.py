@@ -47,6 +47,10 @@ class ConfigError(ValueError):
     """A configuration or input that cannot work; the message says what was wrong and how to fix it."""
 
 
+class MissingExtraError(ImportError):
+    """An optional package a config needs is not installed; the message is the line that installs it."""
+
+
 REQUIRED = "${lmsleep.required:"
 
 
@@ -213,13 +217,10 @@ def build(conf: DictConfig, key: str, **kwargs: Any) -> Any:
             found = re.search(r"full_key: (\S+)", str(exc))
             where, message = found.group(1) if found else key, str(cause)
             raise ConfigError(message if message.startswith(f"{where}.") else f"{where}: {message}") from exc
-        install = None  # an optional package (models/hf/__init__.py): its install line, not hydra's trace
-        while cause is not None:  # hydra wraps the ImportError in another: the innermost is the plain line
-            if isinstance(cause, ImportError) and "which is not installed: pip install" in str(cause):
-                install = str(cause)
+        while cause is not None:  # hydra wraps the import's error in its own ImportError
+            if isinstance(cause, MissingExtraError):  # its install line, not hydra's trace
+                raise ConfigError(str(cause)) from exc
             cause = cause.__cause__
-        if install:
-            raise ConfigError(install) from exc
         raise
 
 

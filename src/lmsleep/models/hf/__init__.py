@@ -1,9 +1,11 @@
 """Sleep for pretrained transformers models (docs/pretrained.md). Needs the ``hf`` extra (transformers)."""
 
+from lmsleep.utils.config import MissingExtraError
+
 try:
     import transformers  # noqa: F401
 except ImportError as exc:  # say which extra, not only which module: model=hf is where users meet it
-    raise ImportError(
+    raise MissingExtraError(
         "model=hf (lmsleep.models.hf) needs transformers, which is not installed: pip install 'lmsleep[hf]'"
     ) from exc
 
