@@ -35,10 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+from lmsleep.reporting.provenance import ATTEMPTS, DONE  # what `lmsleep report` reads back
 from lmsleep.utils.checkpoint import newest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-DONE, ATTEMPTS = "queue_done.json", "queue.jsonl"
 PREEMPTED = (143, 138)  # SIGTERM, SIGUSR1: the fit saved a checkpoint and can resume
 
 

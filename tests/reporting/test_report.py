@@ -395,3 +395,46 @@ def test_depth_curves_put_every_configuration_in_each_depth_panel_it_logged():
     assert len(panels[0].collections) == 1  # N = 1's two seeds: a band; one seed draws none
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["N=1", "N=4", "deep only"]
     assert depth_curves_figure({"N=1": [run(0, (3,), 0.3)]}) is None  # one depth: nothing to lay out
+
+
+def test_a_queued_runs_revision_and_wall_time_travel_with_its_raw_files(two_runs, tmp_path):
+    """scripts/study_queue.py's records of a run (reporting/provenance.py) reach its raw JSON and the summary;
+    a run the queue did not make says so, and a study with no queued run gets no such table."""
+    import shutil
+
+    queued = tmp_path / "runs" / "queued"
+    shutil.copytree(two_runs[0][0], queued)
+    attempts = [
+        {"revision": "a" * 40, "returncode": 143, "seconds": 60.0},  # preempted, then resumed
+        {"revision": "a" * 40, "returncode": 0, "seconds": 90.0, "resumed_from": "step_0000002.ckpt"},
+    ]
+    (queued / "queue.jsonl").write_text("".join(json.dumps(a) + "\n" for a in attempts))
+    (queued / "queue_done.json").write_text(json.dumps(attempts[-1]))
+    out = tmp_path / "results"
+    report([str(queued), str(two_runs[1][0])], str(out))
+    metas = {
+        json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in (out / "raw").glob("*.json")
+    }
+    assert metas[0]["queue"] == {
+        "revisions": ["a" * 40],
+        "attempts": 2,
+        "wall_seconds": 150.0,
+        "finished": True,
+    }
+    assert "queue" not in metas[1]
+    summary = (out / "summary.md").read_text()
+    rows = summary.split(
+        "| configuration | seed | revision | attempts | wall, min |\n|---|---|---|---|---|\n"
+    )[1]
+    assert rows.splitlines() == [
+        "| tiny transformer (no eviction) | 0 | aaaaaaaaaaaa | 2 | 2.5 |",
+        "| tiny transformer (no eviction) | 1 | not recorded | | |",
+    ]
+    # the committed raw files alone rebuild the table
+    again = tmp_path / "again"
+    report([str(out / "raw")], str(again))
+    assert (again / "summary.md").read_text() == summary
+    # no queued run, no table
+    plain = tmp_path / "plain"
+    report([str(two_runs[1][0])], str(plain))
+    assert "revision" not in (plain / "summary.md").read_text()

@@ -17,7 +17,9 @@ writes its scalars as raw files, ``<out>/raw/<run>.csv`` (``step,tokens,tag,valu
 
 ``test/...`` is the best validated checkpoint (as in every run), ``test_final/...`` the weights of the last
 step where a run logged them (``lmsleep fit`` tests both). Each raw JSON's ``settings`` also hold the
-hyperparameters a study varies or fixes (:mod:`lmsleep.reporting.study_settings`).
+hyperparameters a study varies or fixes (:mod:`lmsleep.reporting.study_settings`), and a run that
+``scripts/study_queue.py`` ran gets its revision and wall time (``queue``; :mod:`lmsleep.reporting.provenance`),
+which ``summary.md`` lists last.
 
 Tokens are ``step x batch_size x accumulate_grad_batches x (the task's max_length, or a text run's seq_len)``
 summed over devices (a step is an optimiser step), i.e. the tokens the model was trained on including padding.
@@ -38,6 +40,7 @@ from typing import Any
 
 from lmsleep.data.task import task_from_config
 from lmsleep.reporting.plots import pyplot
+from lmsleep.reporting.provenance import provenance_table, queue_record
 from lmsleep.reporting.study_figures import figures
 from lmsleep.reporting.study_settings import HPARAMS, grouping_hparams, run_hparams
 from lmsleep.utils.config import ConfigError, is_hf_net
@@ -144,6 +147,8 @@ def write_raw(run_dir: Path, raw: Path, name: str) -> Path:
             file=sys.stderr,
         )
     meta["run_dir"] = str(run_dir)
+    if (record := queue_record(run_dir)) is not None:
+        meta["queue"] = record
     per_step = meta["settings"]["tokens_per_step"]
     with open(raw / f"{name}.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -326,6 +331,8 @@ def build(raw: Path, out: Path, baseline: str | Sequence[str] | None = None) -> 
     summary = summary_table(groups)
     for label in _baselines(baseline):
         summary += "\n" + paired_section(groups, label)
+    if runs := provenance_table(groups):
+        summary += "\n" + runs
     (out / "summary.md").write_text(summary)
     written = [out / "summary.md"]
     plt = pyplot()
