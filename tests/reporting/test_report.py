@@ -397,6 +397,31 @@ def test_depth_curves_put_every_configuration_in_each_depth_panel_it_logged():
     assert depth_curves_figure({"N=1": [run(0, (3,), 0.3)]}) is None  # one depth: nothing to lay out
 
 
+def test_depth_curves_per_compute_meet_n_4_at_1x_tokens_and_n_1_at_4x_at_one_x():
+    """depth_curves_compute: each point's tokens times its run's N; none drawn where every run has one N."""
+    from lmsleep.reporting.study_figures import COMPUTE_LABEL, depth_curves_figure, figures, per_compute
+
+    def run(passes, last_tokens):
+        curve = {f"val/acc_exact@t={t}": [(1, 10, 0.1), (2, last_tokens, 0.5)] for t in (1, 2)}
+        return {"seed": 0, "series": curve, "meta": {"settings": {"passes": passes}}}
+
+    groups = {"N=1 4x": [run(1, 400)], "N=4": [run(4, 100)], "transformer": [run(None, 100)]}
+    compute = per_compute(groups)
+    assert [compute[label][0]["series"]["val/acc_exact@t=2"][-1][1] for label in groups] == [400, 400, 100]
+    assert groups["N=4"][0]["series"]["val/acc_exact@t=2"][-1][1] == 100  # the runs themselves are untouched
+    fig = depth_curves_figure(compute, xlabel=COMPUTE_LABEL)
+    panel = next(ax for ax in fig.axes if ax.get_title() == "t = 2")
+    assert panel.get_xlabel() == COMPUTE_LABEL
+    assert {line.get_label(): list(line.get_xdata()) for line in panel.get_lines()} == {
+        "N=1 4x": [1e-5, 4e-4],
+        "N=4": [4e-5, 4e-4],
+        "transformer": [1e-5, 1e-4],
+    }
+    assert figures(groups)["depth_curves_compute"] is not None
+    same_n = {"a": [run(2, 100)], "b": [run(2, 200)]}
+    assert per_compute(same_n) is None and figures(same_n)["depth_curves_compute"] is None
+
+
 def test_a_queued_runs_revision_and_wall_time_travel_with_its_raw_files(two_runs, tmp_path):
     """scripts/study_queue.py's records of a run (reporting/provenance.py) reach its raw JSON and the summary;
     a run the queue did not make says so, and a study with no queued run gets no such table."""

@@ -9,6 +9,8 @@ value)]}}]}``.
 - ``depth_curves``: the same curves the other way round, the paper's Fig. 2 layout: one panel per depth bucket,
   one line per configuration (the mean over seeds, shaded between the seeds' min and max), so N = 1, N = 4 and
   N = 1 at 4x the tokens meet in one panel per depth;
+- ``depth_curves_compute``: the same against training compute (tokens x N, :func:`per_compute`), drawn when
+  the configurations differ in N, so N = 4 at 1x tokens and N = 1 at 4x meet at the same x;
 - ``final``: final test exact accuracy (text runs: bits per byte) per configuration, a dot per seed;
 - ``depth``: final test exact accuracy against depth (``@t=``, ``@k=``, ``@ops=``) per configuration;
 - ``window`` (text runs): test bits per byte against the window index within the sequence.
@@ -163,9 +165,14 @@ def bucket_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pa
     return fig
 
 
-def depth_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pattern = VAL_DEPTH_TAG):
+def depth_curves_figure(
+    groups: dict[str, list[dict[str, Any]]],
+    pattern: re.Pattern = VAL_DEPTH_TAG,
+    xlabel: str = "training tokens (M)",
+):
     """Validation exact accuracy against training tokens, one panel per depth bucket and one line per
-    configuration (mean over seeds, shaded between their min and max); None unless two buckets were logged."""
+    configuration (mean over seeds, shaded between their min and max); None unless two buckets were logged.
+    With :func:`per_compute`'s groups and its ``xlabel``, the same against training compute."""
     axis_name, curves = _bucket_curves(groups, pattern)
     by_bucket: dict[int, dict[str, list[list[tuple[int, int, float]]]]] = defaultdict(dict)
     for label, buckets in curves.items():
@@ -187,7 +194,7 @@ def depth_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pat
             ax.plot(xs, mean, color=colour, linestyle=style, label=label)
             if len(lines[label]) > 1:
                 ax.fill_between(xs, low, high, color=colour, alpha=0.2)
-        ax.set(xlabel="training tokens (M)", title=f"{axis_name} = {bucket}")
+        ax.set(xlabel=xlabel, title=f"{axis_name} = {bucket}")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("val exact accuracy")
@@ -198,6 +205,34 @@ def depth_curves_figure(groups: dict[str, list[dict[str, Any]]], pattern: re.Pat
         fig, *axes.flat
     )  # a configuration may be missing from the first panel (a fixed-depth sweep)
     return fig
+
+
+COMPUTE_LABEL = "training tokens x N (M)"
+
+
+def _passes(run: dict[str, Any]) -> int:
+    return int(run["meta"]["settings"].get("passes") or 1)  # a transformer: one pass
+
+
+def per_compute(groups: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]] | None:
+    """The runs with each point's tokens multiplied by the run's N, its passes over every window: training
+    compute in tokens of one pass (with every pass backpropagated, ``grad_passes=null``, the paper's setting,
+    a step of N passes costs about N one-pass steps), so N = 4 at 1x tokens and N = 1 at 4x tokens end at one
+    x. None when every configuration has the same N (the figure would be the token one)."""
+    if len({_passes(r) for runs in groups.values() for r in runs}) < 2:
+        return None
+    return {
+        label: [
+            {
+                **r,
+                "series": {
+                    tag: [(s, tok * _passes(r), v) for s, tok, v in pts] for tag, pts in r["series"].items()
+                },
+            }
+            for r in runs
+        ]
+        for label, runs in groups.items()
+    }
 
 
 def final_figure(groups: dict[str, list[dict[str, Any]]], metric: str = "test/acc_exact"):
@@ -285,6 +320,9 @@ def figures(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "curves": curves_figure(groups),
         "buckets": bucket_curves_figure(groups),
         "depth_curves": depth_curves_figure(groups),
+        "depth_curves_compute": depth_curves_figure(compute, xlabel=COMPUTE_LABEL)
+        if (compute := per_compute(groups))
+        else None,
         "final": final_figure(groups, "test/bpb" if text else "test/acc_exact"),
         "depth": depth_figure(groups),
         "window": depth_figure(groups, WINDOW_TAG, "test bits per byte", "window", join_sweeps=False),
