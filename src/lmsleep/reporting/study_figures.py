@@ -221,17 +221,15 @@ def per_compute(groups: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[
     x. None when every configuration has the same N (the figure would be the token one)."""
     if len({_passes(r) for runs in groups.values() for r in runs}) < 2:
         return None
+    return {label: [_times_passes(r) for r in runs] for label, runs in groups.items()}
+
+
+def _times_passes(run: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``run`` whose points' tokens are multiplied by its N."""
+    n = _passes(run)
     return {
-        label: [
-            {
-                **r,
-                "series": {
-                    tag: [(s, tok * _passes(r), v) for s, tok, v in pts] for tag, pts in r["series"].items()
-                },
-            }
-            for r in runs
-        ]
-        for label, runs in groups.items()
+        **run,
+        "series": {tag: [(s, tok * n, v) for s, tok, v in pts] for tag, pts in run["series"].items()},
     }
 
 
