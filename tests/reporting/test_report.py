@@ -397,6 +397,31 @@ def test_depth_curves_put_every_configuration_in_each_depth_panel_it_logged():
     assert depth_curves_figure({"N=1": [run(0, (3,), 0.3)]}) is None  # one depth: nothing to lay out
 
 
+def test_a_run_continued_for_more_tokens_does_not_hide_the_shorter_run_it_retraces():
+    """N = 1 at 4x tokens (same seed, constant rate) is N = 1 at 1x continued: the shorter line goes on top
+    in every curve figure, whatever the configurations' order, and keeps its colour and legend place."""
+    from lmsleep.reporting.study_figures import curves_figure, depth_curves_figure
+
+    def run(last_step):
+        curve = [(s, 10 * s, 0.1 * s) for s in range(1, last_step + 1)]
+        return {
+            "seed": 0,
+            "series": {
+                "val/acc_exact": curve,
+                "val/acc": curve,
+                "val/acc_exact@t=1": curve,
+                "val/acc_exact@t=2": curve,
+            },
+        }
+
+    for groups in ({"N=1 4x": [run(8)], "N=1": [run(2)]}, {"N=1": [run(2)], "N=1 4x": [run(8)]}):
+        for fig in (curves_figure(groups), depth_curves_figure(groups)):
+            for ax in (ax for ax in fig.axes if ax.get_lines()):
+                z = {line.get_label(): line.get_zorder() for line in ax.get_lines()}
+                assert z["N=1"] > z["N=1 4x"] >= 2  # above the other line, and above the bands and grid
+            assert [t.get_text() for t in fig.legends[0].get_texts()] == list(groups)
+
+
 def test_depth_curves_per_compute_meet_n_4_at_1x_tokens_and_n_1_at_4x_at_one_x():
     """depth_curves_compute: each point's tokens times its run's N; none drawn where every run has one N."""
     from lmsleep.reporting.study_figures import COMPUTE_LABEL, depth_curves_figure, figures, per_compute

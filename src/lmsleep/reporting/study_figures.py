@@ -52,6 +52,23 @@ def _mean_curve(
     )
 
 
+def _draw_curves(ax, curves: dict[str, list[list[tuple[int, int, float]]]], looks: dict[str, tuple]) -> None:
+    """One line per configuration in ``curves`` (label -> its runs' series): the mean over runs, shaded
+    between their min and max where there are several, in the configuration's ``(colour, style, marker)``.
+
+    A curve that ends earlier is drawn above one that goes further: N = 1 at 4x tokens, with the seed and a
+    constant learning rate of N = 1 at 1x, is the 1x run continued and would hide it exactly."""
+    means = {label: _mean_curve(series) for label, series in curves.items()}
+    end = max((xs[-1] for xs, *_ in means.values() if xs), default=1.0) or 1.0
+    for label, (xs, mean, low, high) in means.items():
+        if not xs:
+            continue
+        colour, style, _ = looks[label]
+        ax.plot(xs, mean, color=colour, linestyle=style, label=label, zorder=2 + (1 - xs[-1] / end) / 2)
+        if len(curves[label]) > 1:
+            ax.fill_between(xs, low, high, color=colour, alpha=0.2)
+
+
 def _line_styles():
     """``(colour, line style, marker)`` per curve: matplotlib's ten colours with solid lines and circles,
     then dashed with squares, dotted with triangles, dash-dot with diamonds: forty looks before one repeats,
@@ -72,17 +89,13 @@ def curves_figure(groups: dict[str, list[dict[str, Any]]]):
         if "val/acc" in tags or "val/bpb" not in tags
         else ("val/bpb", "val/loss")
     )
+    looks = dict(zip(groups, _line_styles(), strict=False))  # a configuration looks the same in both panels
     for ax, metric in zip(axes, metrics, strict=True):
-        styles = _line_styles()  # the same configuration looks the same in both panels
-        for label, runs in groups.items():
-            colour, style, _ = next(styles)
-            have = [r["series"][metric] for r in runs if metric in r["series"]]
-            if not have:
-                continue
-            xs, mean, low, high = _mean_curve(have)
-            ax.plot(xs, mean, color=colour, linestyle=style, label=label)
-            if len(have) > 1:
-                ax.fill_between(xs, low, high, color=colour, alpha=0.2)
+        have = {
+            label: [r["series"][metric] for r in runs if metric in r["series"]]
+            for label, runs in groups.items()
+        }
+        _draw_curves(ax, {label: series for label, series in have.items() if series}, looks)
         ax.set(xlabel="training tokens (M)", ylabel=metric, title=f"{metric} against tokens")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -186,14 +199,7 @@ def depth_curves_figure(
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
     looks = dict(zip(groups, _line_styles(), strict=False))  # a configuration looks the same in every panel
     for ax, (bucket, lines) in zip(axes.flat, sorted(by_bucket.items()), strict=False):
-        for label in groups:
-            if label not in lines:
-                continue
-            colour, style, _ = looks[label]
-            xs, mean, low, high = _mean_curve(lines[label])
-            ax.plot(xs, mean, color=colour, linestyle=style, label=label)
-            if len(lines[label]) > 1:
-                ax.fill_between(xs, low, high, color=colour, alpha=0.2)
+        _draw_curves(ax, {label: lines[label] for label in groups if label in lines}, looks)
         ax.set(xlabel=xlabel, title=f"{axis_name} = {bucket}")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
