@@ -1,6 +1,7 @@
 """Every committed study in results/ rebuilds from its raw files: its summary.md starts with exactly the tables
 ``lmsleep report results/<study>/raw`` writes (a study reported with ``baseline=`` adds its paired sections
-after them, and a queued study ends with its runs' revisions and wall times), so no number in results/ exists only as text."""
+after them, and a queued study ends with its runs' revisions and wall times), so no number in results/ exists
+only as text."""
 
 from __future__ import annotations
 
